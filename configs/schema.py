@@ -1,0 +1,103 @@
+"""Structured-config schemas of train.py, registered in Hydra's ConfigStore.
+
+Each config group has a dataclass schema: the model group uses `GPTConfig`, data `DataConfig`,
+optim one dataclass per update rule (optim/config.py). A yaml in a group pulls its schema in
+through its defaults list (`- /schema/optim/sophia@_here_`), so an unknown key or a wrong type in
+a yaml or on the command line fails at start-up, and `__post_init__` checks ranges when train.py
+converts the composed config to these objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from data.config import DataConfig
+from model.gpt import GPTConfig
+from optim.config import OPTIM_SCHEMAS
+
+
+class Dtype(Enum):
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+class WandbMode(Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+@dataclass
+class WandbConfig:
+    mode: WandbMode = WandbMode.disabled
+    project: str = "sophia-repro"
+    entity: str | None = None
+    group: str | None = None  # e.g. the study name, so W&B overlays a study in one click
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    init_timeout: float = 60.0
+
+
+@dataclass
+class TrainConfig:
+    model: GPTConfig = MISSING
+    data: DataConfig = MISSING
+    optim: Any = MISSING  # one of optim.config.OPTIM_SCHEMAS, chosen by the `optim` group
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    seed: int = 0
+    max_steps: int = 200
+    batch_size: int = 16  # global sequences per optimizer step
+    micro_batch_size: int | None = None  # sequences per rank per forward; None: no accumulation
+    block_size: int = 128  # training context length (<= model.block_size)
+    dtype: Dtype = Dtype.bfloat16
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    grad_clip: float = 1.0  # 0 disables clipping
+    log_interval: int = 10
+    eval_interval: int = 100
+    eval_iters: int = 4  # fixed validation batches of batch_size sequences
+    ckpt_interval: int = 1000
+    ckpt_keep: int = 2
+    resume: str = "auto"  # auto | never | a checkpoint or run directory
+    max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
+
+    def __post_init__(self) -> None:
+        positive = (
+            "max_steps",
+            "batch_size",
+            "block_size",
+            "log_interval",
+            "eval_interval",
+            "eval_iters",
+            "ckpt_interval",
+            "ckpt_keep",
+            "max_bad_steps",
+        )
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        if self.micro_batch_size is not None and self.micro_batch_size <= 0:
+            raise ValueError(f"micro_batch_size must be > 0 or null, got {self.micro_batch_size}")
+        if self.block_size > self.model.block_size:
+            raise ValueError(
+                f"block_size={self.block_size} exceeds the model's context "
+                f"model.block_size={self.model.block_size}: lower block_size"
+            )
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="schema/model", name="base", node=GPTConfig)
+    cs.store(group="schema/data", name="base", node=DataConfig)
+    for name, schema in OPTIM_SCHEMAS.items():
+        cs.store(group="schema/optim", name=name, node=schema)

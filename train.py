@@ -1,0 +1,443 @@
+"""Pretrain GPT-2 with AdamW, Lion, Sophia-G, Sophia-H or AdaHessian: the story of one run.
+
+    python train.py                                   # tiny model, Shakespeare, AdamW, CPU
+    python train.py optim=sophia max_steps=400        # Sophia-G
+    torchrun --standalone --nproc_per_node=8 train.py model=gpt2-small data=openwebtext optim=sophia
+
+Config: configs/train.yaml and its groups (model/, data/, optim/, experiment/); schemas in
+configs/schema.py. The run directory (Hydra's output dir) holds the resolved config,
+metrics.jsonl, run.json and checkpoints/; `resume=auto` continues a run found there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from configs.schema import TrainConfig, register_configs
+from data.batches import CorpusError, TokenWindows, load_split
+from model.gpt import GPT
+from model.mfu import mfu, peak_flops
+from optim.builder import EstimationBatch, build_optimizer
+from optim.schedule import warmup_cosine_lr
+from training import distributed
+from training.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    find_checkpoint,
+    load_into,
+    restore_rng,
+)
+from training.distributed import Distributed
+from training.metrics import MetricsLogger
+
+register_configs()
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class RunError(ValueError):
+    """A run cannot start or go on; the message says what to do."""
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGUSR1 (Slurm preemption, time limit) into a flag checked between steps."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def agreed(self, world: Distributed) -> bool:
+        """True on every rank when any rank was signalled, so all stop at the same step."""
+        flag = torch.tensor([1.0 if self.signal_name else 0.0], device=world.device)
+        if world.enabled:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def accumulation_steps(cfg: TrainConfig, world: Distributed) -> tuple[int, int]:
+    """(micro_batch_size, gradient-accumulation steps) for this world size."""
+    micro = cfg.micro_batch_size or cfg.batch_size // world.world_size
+    per_step = micro * world.world_size
+    if micro == 0 or cfg.batch_size % per_step:
+        raise RunError(
+            f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size={micro} x "
+            f"world_size={world.world_size}: change batch_size or micro_batch_size"
+        )
+    return micro, cfg.batch_size // per_step
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_fresh_run_dir(run_dir: Path) -> None:
+    """resume=never must not clobber a run that is already there."""
+    if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
+        raise RunError(
+            f"{run_dir} already holds a run and resume=never would overwrite it: "
+            f"use resume=auto to continue it or choose another hydra.run.dir"
+        )
+
+
+def check_compatible(meta: dict, cfg: TrainConfig, path: Path) -> None:
+    """A checkpoint must come from the same model shape and update rule as this run."""
+    theirs, ours = meta.get("model_config", {}), asdict(cfg.model)
+    shape_keys = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "bias")
+    diff = [k for k in shape_keys if theirs.get(k) != ours[k]]
+    if diff:
+        raise RunError(
+            f"checkpoint {path} has a different model shape "
+            f"({', '.join(f'{k}={theirs.get(k)}' for k in diff)}) than this run: "
+            f"pick the matching model= or resume=never in a new run dir"
+        )
+    if meta.get("optimizer") != cfg.optim.name:
+        raise RunError(
+            f"checkpoint {path} was trained with optim={meta.get('optimizer')}, this run uses "
+            f"optim={cfg.optim.name}: resume with the same optimizer or start a new run"
+        )
+
+
+@torch.no_grad()
+def evaluate(model, windows: dict[str, TokenWindows], cfg, micro, accum, world, autocast) -> dict:
+    """Mean loss over the fixed batches 0..eval_iters-1 of each split (world-size independent)."""
+    model.eval()
+    result = {}
+    for split, source in windows.items():
+        total = torch.zeros(1, device=world.device)
+        for batch_index in range(cfg.eval_iters):
+            for micro_step in range(accum):
+                x, y = source.micro_batch(
+                    batch_index, cfg.batch_size, micro, micro_step, world.rank, world.world_size
+                )
+                with autocast():
+                    _, loss = model(x.to(world.device), y.to(world.device))
+                total += loss.float()
+        world.all_reduce_mean(total)
+        result[f"{split}/loss"] = total.item() / (cfg.eval_iters * accum)
+    model.train()
+    return result
+
+
+def train(cfg: TrainConfig, run_dir: Path) -> None:
+    world = distributed.setup(cfg.device)
+    try:
+        _train(cfg, run_dir, world)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
+    device = world.device
+    dtype = DTYPES[cfg.dtype.value]
+    autocast = autocast_context(device, dtype)
+    micro, accum = accumulation_steps(cfg, world)
+    tokens_per_step = cfg.batch_size * cfg.block_size
+
+    # Data: three independent deterministic streams over the prepared corpus.
+    data_dir = Path(hydra.utils.to_absolute_path(cfg.data.dir))
+    train_tokens, val_tokens = load_split(data_dir, "train"), load_split(data_dir, "val")
+    corpus_vocab = json.loads((data_dir / "meta.json").read_text()).get("vocab_size", 0)
+    if corpus_vocab > cfg.model.vocab_size:
+        raise RunError(
+            f"the corpus uses {corpus_vocab} token ids but model.vocab_size={cfg.model.vocab_size}"
+        )
+    train_windows = TokenWindows(train_tokens, cfg.block_size, cfg.seed, "train")
+    hessian_windows = TokenWindows(train_tokens, cfg.block_size, cfg.seed, "hessian")
+    eval_windows = {
+        "val": TokenWindows(val_tokens, cfg.block_size, cfg.seed, "val"),
+        "train": TokenWindows(train_tokens, cfg.block_size, cfg.seed, "val"),
+    }
+
+    # Model and optimizer. The seed is the same on every rank: DDP starts from identical weights.
+    torch.manual_seed(cfg.seed)
+    raw_model = GPT(cfg.model).to(device)
+    opt = build_optimizer(cfg.optim, raw_model, tokens_per_step=tokens_per_step, device=device)
+    flops_per_token = raw_model.flops_per_token(cfg.block_size)
+    decay_steps = cfg.optim.decay_steps or cfg.max_steps
+
+    # Resume: everything a step depends on is (weights, optimizer state, step, RNG).
+    checkpointer = Checkpointer(run_dir, cfg.ckpt_keep, world)
+    checkpoint = None
+    if cfg.resume == "auto":
+        checkpoint = checkpointer.latest()
+    elif cfg.resume != "never":
+        checkpoint = find_checkpoint(hydra.utils.to_absolute_path(cfg.resume))
+    elif world.is_main:
+        check_fresh_run_dir(run_dir)
+    counters = {
+        "step": 0,
+        "tokens": 0,
+        "time_s": 0.0,
+        "flops": 0.0,
+        "hess/time_s": 0.0,
+        "hess/flops": 0.0,
+        "skipped_steps": 0,
+        "clipped_steps": 0,
+    }
+    wandb_run_id = None
+    if checkpoint is not None:
+        check_compatible(checkpoint.meta, cfg, checkpoint.path)
+        optimizer_state, rng = load_into(checkpoint, raw_model, world)
+        opt.load_state_dict(optimizer_state)
+        restore_rng(rng, world)
+        counters.update(checkpoint.meta["counters"])
+        wandb_run_id = checkpoint.meta.get("wandb_run_id")
+    if checkpoint is None:
+        torch.manual_seed(cfg.seed + world.rank)  # dropout masks differ per rank
+    start_step = counters["step"]
+
+    model = torch.compile(raw_model) if cfg.compile else raw_model
+    if world.enabled:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    run_facts = {
+        "params": raw_model.num_params(),
+        "flops_per_token": flops_per_token,
+        "tokens_per_step": tokens_per_step,
+        "world_size": world.world_size,
+        "micro_batch_size": micro,
+        "accumulation_steps": accum,
+        "optimizer": cfg.optim.name,
+        "seed": cfg.seed,
+        "device": str(device),
+        "dtype": cfg.dtype.value,
+    }
+    logger = MetricsLogger(
+        run_dir,
+        enabled=world.is_main,
+        wandb_settings={
+            **OmegaConf.to_container(OmegaConf.structured(cfg.wandb)),
+            "mode": cfg.wandb.mode.value,
+        },
+        run_config=OmegaConf.to_container(
+            OmegaConf.structured(cfg), resolve=True, enum_to_str=True
+        ),
+        resume_step=start_step if checkpoint is not None else None,
+        wandb_run_id=wandb_run_id,
+    )
+    if world.is_main:
+        (run_dir / "run.json").write_text(json.dumps(run_facts, indent=2))
+        where = (
+            f"resumed from {checkpoint.path} at step {start_step}" if checkpoint else "fresh start"
+        )
+        print(
+            f"{cfg.model.name}: {raw_model.num_params() / 1e6:.2f}M params, "
+            f"optim={cfg.optim.name}, "
+            f"{world.world_size} x {device.type}, accumulation {accum}, {where}; run dir {run_dir}"
+        )
+
+    def save_checkpoint(step: int) -> None:
+        meta = {
+            "counters": counters,
+            "model_config": asdict(cfg.model),
+            "optimizer": cfg.optim.name,
+            "config": OmegaConf.to_container(
+                OmegaConf.structured(cfg), resolve=True, enum_to_str=True
+            ),
+            "wandb_run_id": logger.wandb_run_id or wandb_run_id,
+        }
+        try:
+            checkpointer.save(step, raw_model, opt.state_dict(), meta)
+        except OSError as err:
+            raise RunError(
+                f"could not write a checkpoint in {checkpointer.root} ({err.strerror}); the "
+                f"previous checkpoint is intact: free disk space or fix permissions, then resume"
+            ) from None
+
+    def estimation_batch(step: int) -> EstimationBatch:
+        hess_batch = getattr(cfg.optim, "hess_batch_size", None) or cfg.batch_size
+        hess_micro, hess_accum = micro, hess_batch // (micro * world.world_size)
+        if hess_accum == 0 or hess_batch % (micro * world.world_size):
+            raise RunError(
+                f"optim.hess_batch_size={hess_batch} is not a multiple of micro_batch_size={micro}"
+                f" x world_size={world.world_size}"
+            )
+
+        def micro_batches():
+            for micro_step in range(hess_accum):
+                x, y = hessian_windows.micro_batch(
+                    step, hess_batch, hess_micro, micro_step, world.rank, world.world_size
+                )
+                yield x.to(device), y.to(device)
+
+        return EstimationBatch(
+            model=model,
+            raw_model=raw_model,
+            micro_batches=micro_batches,
+            num_micro_batches=hess_accum,
+            autocast=autocast,
+            world=world,
+            seed=cfg.seed,
+            step=step,
+            tokens=hess_batch * cfg.block_size,
+        )
+
+    stop = StopRequest()
+    peak = peak_flops(device)
+    params = [p for p in raw_model.parameters()]
+    bad_steps_in_a_row = 0
+    step = start_step
+    if step == 0:
+        logger.log(
+            "eval",
+            0,
+            {
+                **counters_view(counters),
+                **evaluate(model, eval_windows, cfg, micro, accum, world, autocast),
+            },
+        )
+
+    while step < cfg.max_steps:
+        t0 = time.perf_counter()
+        lr = warmup_cosine_lr(
+            step,
+            lr=cfg.optim.lr,
+            min_lr=cfg.optim.min_lr,
+            warmup_steps=cfg.optim.warmup_steps,
+            decay_steps=decay_steps,
+        )
+        opt.set_lr(lr)
+
+        # Forward/backward over the micro-batches; DDP syncs gradients on the last one only.
+        loss_sum = torch.zeros(1, device=device)
+        for micro_step in range(accum):
+            x, y = train_windows.micro_batch(
+                step, cfg.batch_size, micro, micro_step, world.rank, world.world_size
+            )
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = micro_step == accum - 1 or not world.enabled
+            with nullcontext() if sync else model.no_sync(), autocast():
+                _, loss = model(x, y)
+            scaler.scale(loss / accum).backward()
+            loss_sum += loss.detach()
+
+        # Clip, then step unless the loss or gradient is not finite (skip: nothing is touched).
+        scaler.unscale_(opt.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+        finite = math.isfinite(grad_norm) and math.isfinite(loss_sum.item())
+        if finite:
+            scaler.step(opt.optimizer, **opt.step_kwargs) if scaler.is_enabled() else opt.step()
+            bad_steps_in_a_row = 0
+        else:
+            counters["skipped_steps"] += 1
+            bad_steps_in_a_row += 1
+        scaler.update()
+        opt.zero_grad()
+        counters["clipped_steps"] += int(cfg.grad_clip > 0 and grad_norm > cfg.grad_clip)
+
+        hess_stats = {}
+        if finite and opt.refreshes_hessian(step):
+            t_hess = time.perf_counter()
+            hess_stats = opt.refresh_hessian(estimation_batch(step))
+            counters["hess/time_s"] += time.perf_counter() - t_hess
+            counters["hess/flops"] += hess_stats.get("flops", 0.0)
+            counters["flops"] += hess_stats.get("flops", 0.0)
+
+        step += 1
+        step_time = time.perf_counter() - t0
+        counters.update(
+            step=step,
+            tokens=counters["tokens"] + tokens_per_step,
+            time_s=counters["time_s"] + step_time,
+            flops=counters["flops"] + flops_per_token * tokens_per_step,
+        )
+
+        if not finite and bad_steps_in_a_row >= cfg.max_bad_steps:
+            raise RunError(
+                f"{bad_steps_in_a_row} steps in a row had a non-finite loss or gradient (last at "
+                f"step {step}); the last good checkpoint is in {checkpointer.root}: lower optim.lr"
+                f" or raise warmup, then resume"
+            )
+        if step % cfg.log_interval == 0 or step == cfg.max_steps:
+            train_loss = world.all_reduce_mean(loss_sum / accum).item()
+            tokens_per_s = tokens_per_step / step_time
+            utilisation = mfu(flops_per_token, tokens_per_s, world.world_size, peak)
+            record = {
+                **counters_view(counters),
+                "train/loss": train_loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "grad_clipped": int(cfg.grad_clip > 0 and grad_norm > cfg.grad_clip),
+                "tokens_per_s": tokens_per_s,
+                "mfu": utilisation,
+                **{f"optim/{k}": v for k, v in opt.diagnostics().items()},
+                **{f"hess/refresh_{k}": v for k, v in hess_stats.items()},
+            }
+            logger.log("train", step, record)
+            if world.is_main:
+                eta = (
+                    (cfg.max_steps - step) * counters["time_s"] / max(1, step - start_step)
+                    if step > start_step
+                    else 0
+                )
+                print(
+                    f"step {step:>6}/{cfg.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
+                    f"grad {grad_norm:.3f} | {tokens_per_s:,.0f} tok/s"
+                    + (f" | mfu {100 * utilisation:.1f}%" if utilisation is not None else "")
+                    + f" | eta {eta / 60:.1f} min",
+                    flush=True,
+                )
+        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+            losses = evaluate(model, eval_windows, cfg, micro, accum, world, autocast)
+            logger.log("eval", step, {**counters_view(counters), **losses})
+            if world.is_main:
+                print(
+                    f"step {step:>6}/{cfg.max_steps} | val loss {losses['val/loss']:.4f}",
+                    flush=True,
+                )
+        stopping = stop.agreed(world)
+        if step % cfg.ckpt_interval == 0 or step == cfg.max_steps or stopping:
+            save_checkpoint(step)
+        if stopping:
+            if world.is_main:
+                print(
+                    f"{stop.signal_name or 'signal'} received: checkpoint at step {step} written,"
+                    f" exiting; resume=auto continues",
+                    flush=True,
+                )
+            logger.close()
+            raise SystemExit(0)
+    logger.close()
+
+
+def counters_view(counters: dict) -> dict:
+    """The contract fields every metrics line carries (docs/CONTRACTS.md)."""
+    return {k: counters[k] for k in ("tokens", "time_s", "flops", "hess/time_s", "hess/flops")}
+
+
+@hydra.main(config_path="configs", config_name="train", version_base="1.3")
+def main(dict_cfg: DictConfig) -> None:
+    try:
+        cfg: TrainConfig = OmegaConf.to_object(dict_cfg)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        train(cfg, run_dir)
+    except (RunError, CorpusError, CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "torchinductor"))
+    main()

@@ -1,0 +1,70 @@
+"""Process-group setup from torchrun's environment, in one place.
+
+Every other module receives a `Distributed` value and never reads RANK/WORLD_SIZE itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """In-place mean over ranks (a no-op on one process)."""
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            tensor /= self.world_size
+        return tensor
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    """`auto` is the local GPU when there is one, else the CPU."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device=cuda but no CUDA device is visible: use device=cpu or auto")
+        return torch.device("cuda", local_rank)
+    if requested == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
+
+
+def setup(requested_device: str) -> Distributed:
+    """Join torchrun's process group (nccl on CUDA, gloo on CPU), or run as a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(requested_device, local_rank)
+    if world_size > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def teardown(world: Distributed) -> None:
+    if world.enabled and dist.is_initialized():
+        dist.destroy_process_group()
