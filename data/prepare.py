@@ -1,0 +1,212 @@
+"""Tokenize a corpus into `train.bin` / `val.bin` (uint16 GPT-2 tokens) and `meta.json`.
+
+    python -m data.prepare                        # data=shakespeare, the default
+    python -m data.prepare data=openwebtext data.num_workers=32
+    python -m data.prepare data=text_files data.files=[a.txt,b.txt] data.dir=data/cache/mine
+    python -m data.prepare data=shakespeare force=true   # redo even if already prepared
+
+Each document's tokens are followed by <|endoftext|> (50256); the text is encoded with
+`encode_ordinary`, so a literal "<|endoftext|>" inside a document is ordinary text. Documents are
+tokenized `batch_docs` at a time and appended to the files, so memory stays bounded whatever the
+corpus size. Files are written under temporary names and renamed when complete, and meta.json is
+written last (and removed first on a redo): a meta.json always describes finished files.
+
+meta.json: tokenizer, vocab_size, eot_id, dtype, tokens / documents / sha256 per split, source
+(what was tokenized), split (how), fingerprint (of tokenizer + source + split: a second run with
+the same fingerprint and intact files does nothing), prepare_seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import datasets
+import hydra
+import numpy as np
+import tiktoken
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from data.config import DataConfig
+from data.sources import OPENWEBTEXT_DOCUMENTS, describe_source, load_documents, split_documents
+from data.tokenizer import EOT_ID, VOCAB_SIZE, gpt2_encoding
+
+META_FILE = "meta.json"
+SPLITS = ("train", "val")
+DTYPE = np.uint16  # GPT-2's 50,257 ids fit; half the bytes of int32
+FORMAT_VERSION = 1
+
+
+def prepare(cfg: DataConfig, force: bool = False) -> dict:
+    """Tokenize the corpus of `cfg` into `cfg.dir` unless it is already there; returns meta."""
+    out_dir = Path(cfg.dir)
+    source = describe_source(cfg)
+    split = {"val_fraction": cfg.val_fraction, "val_docs": cfg.val_docs, "seed": cfg.split_seed}
+    fingerprint = _fingerprint(source, split)
+    if not force and (meta := _finished_meta(out_dir, fingerprint)) is not None:
+        print(f"{out_dir} is already prepared: {_token_summary(meta)} (force=true redoes it)")
+        return meta
+
+    start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / META_FILE).unlink(missing_ok=True)  # the files are about to change
+    encoding = gpt2_encoding()
+    splits = split_documents(load_documents(cfg), cfg)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": "gpt2",
+        "vocab_size": VOCAB_SIZE,
+        "eot_id": EOT_ID,
+        "dtype": np.dtype(DTYPE).name,
+        "tokens": {},
+        "documents": {},
+        "sha256": {},
+        "source": source,
+        "split": split,
+        "fingerprint": fingerprint,
+    }
+    if "work" in splits["val"].column_names:  # shakespeare: which works are held out
+        meta["split"]["val_works"] = sorted(splits["val"]["work"])
+    for name in SPLITS:
+        written = write_tokens(splits[name], out_dir / f"{name}.bin", encoding, cfg, desc=name)
+        meta["tokens"][name], meta["sha256"][name] = written["tokens"], written["sha256"]
+        meta["documents"][name] = len(splits[name])
+    meta["prepare_seconds"] = round(time.perf_counter() - start, 1)
+    meta["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    _write_atomically(out_dir / META_FILE, json.dumps(meta, indent=2).encode() + b"\n")
+
+    print(f"prepared {out_dir} in {meta['prepare_seconds']} s: {_token_summary(meta)}")
+    n_documents = sum(meta["documents"].values())
+    if cfg.name == "openwebtext" and n_documents < OPENWEBTEXT_DOCUMENTS:
+        print(
+            f"warning: {n_documents:,} documents, the full OpenWebText has "
+            f"{OPENWEBTEXT_DOCUMENTS:,}: the parquet export of {cfg.hf_path} may be partial"
+        )
+    return meta
+
+
+def write_tokens(
+    documents: datasets.Dataset, path: Path, encoding: tiktoken.Encoding, cfg: DataConfig, desc: str
+) -> dict:
+    """Append each document's tokens and an EOT to `path` (atomically); tokens and sha256."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    digest = hashlib.sha256()
+    n_tokens = 0
+    workers = cfg.num_workers or os.cpu_count() or 1
+    try:
+        with open(tmp, "wb") as f, tqdm(total=len(documents), desc=desc, unit="doc") as bar:
+            for batch in documents.iter(batch_size=cfg.batch_docs):
+                ids = encoding.encode_ordinary_batch(batch["text"], num_threads=workers)
+                tokens = _with_eot(ids)
+                f.write(tokens.data)
+                digest.update(tokens.data)
+                n_tokens += len(tokens)
+                bar.update(len(ids))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"tokens": n_tokens, "sha256": digest.hexdigest()}
+
+
+def load_meta(data_dir: str | Path) -> dict:
+    """meta.json of a prepared corpus, after checking the .bin files have the sizes it states."""
+    data_dir = Path(data_dir)
+    if not (data_dir / META_FILE).is_file():
+        raise FileNotFoundError(
+            f"no prepared corpus in {data_dir} (no {META_FILE}): run "
+            f"`python -m data.prepare data=<name>` first"
+        )
+    meta = json.loads((data_dir / META_FILE).read_text())
+    if problem := _size_problem(data_dir, meta):
+        raise ValueError(f"{problem}: re-run `python -m data.prepare` with force=true")
+    return meta
+
+
+def _with_eot(ids: list[list[int]]) -> np.ndarray:
+    tokens = np.empty(sum(len(doc) for doc in ids) + len(ids), dtype=DTYPE)
+    position = 0
+    for doc in ids:
+        tokens[position : position + len(doc)] = doc
+        position += len(doc)
+        tokens[position] = EOT_ID
+        position += 1
+    return tokens
+
+
+def _finished_meta(out_dir: Path, fingerprint: str) -> dict | None:
+    """The existing meta if it was made from this config and its files look intact."""
+    try:
+        meta = json.loads((out_dir / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("fingerprint") != fingerprint or _size_problem(out_dir, meta):
+        return None
+    return meta
+
+
+def _size_problem(data_dir: Path, meta: dict) -> str | None:
+    itemsize = np.dtype(meta.get("dtype", "uint16")).itemsize
+    for name in SPLITS:
+        path = data_dir / f"{name}.bin"
+        expected = meta["tokens"][name] * itemsize
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != expected:
+            return f"{path} has {actual} bytes, {META_FILE} says {expected}"
+    return None
+
+
+def _fingerprint(source: dict, split: dict) -> str:
+    identity = {"format_version": FORMAT_VERSION, "tokenizer": "gpt2", "source": source,
+                "split": split}  # fmt: skip
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _token_summary(meta: dict) -> str:
+    tokens, documents = meta["tokens"], meta["documents"]
+    return ", ".join(f"{s} {tokens[s]:,} tokens ({documents[s]:,} documents)" for s in SPLITS)
+
+
+def _absolute_paths(cfg: DataConfig) -> DataConfig:
+    """Paths of the config resolved against the launch directory, as train.py resolves them."""
+    absolute = hydra.utils.to_absolute_path
+
+    def optional(path: str | None) -> str | None:
+        return None if path is None else absolute(path)
+
+    return dataclasses.replace(
+        cfg,
+        dir=absolute(cfg.dir),
+        files=[absolute(f) for f in cfg.files],
+        source_archive=optional(cfg.source_archive),
+        download_dir=absolute(cfg.download_dir),
+        hf_cache_dir=optional(cfg.hf_cache_dir),
+    )
+
+
+ConfigStore.instance().store(group="schema/data", name="base", node=DataConfig)
+
+
+@hydra.main(config_path="../configs", config_name="prepare", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    data_cfg = OmegaConf.to_object(cfg.data)
+    prepare(_absolute_paths(data_cfg), force=cfg.force)
+
+
+if __name__ == "__main__":
+    main()
