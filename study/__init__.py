@@ -1,0 +1,1 @@
+"""Analysis of a comparison study: load its runs, fit AdamW's loss-vs-horizon, report speedups."""
