@@ -107,7 +107,11 @@ class SophiaConfig(SecondOrderConfig):
         super().__post_init__()
         _check_betas(self.name, self.betas)
         if not self.rho > 0:
-            usual = "Levanter's Sophia-H uses 0.01" if self.name == "sophiah" else "the paper uses 0.03-0.05"
+            usual = (
+                "Levanter's Sophia-H uses 0.01"
+                if self.name == "sophiah"
+                else "the paper uses 0.03-0.05"
+            )
             raise ValueError(f"optim.rho must be > 0, got {self.rho} ({usual})")
 
 

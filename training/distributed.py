@@ -6,6 +6,7 @@ Every other module receives a `Distributed` value and never reads RANK/WORLD_SIZ
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 
 import torch
@@ -52,8 +53,29 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
 
 
+def adopt_slurm_task_env() -> None:
+    """Map Slurm's one-process-per-task variables to torchrun's (srun or submitit, no torchrun).
+
+    Only when torchrun has not set RANK and Slurm runs several tasks; the rendezvous is the first
+    host of the allocation on a port derived from the job id, so concurrent jobs do not collide.
+    """
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    if "MASTER_ADDR" not in os.environ:
+        hosts = subprocess.run(
+            ["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        os.environ["MASTER_ADDR"] = hosts[0]
+    os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ["SLURM_JOB_ID"]) % 1000))
+
+
 def setup(requested_device: str) -> Distributed:
     """Join torchrun's process group (nccl on CUDA, gloo on CPU), or run as a single process."""
+    adopt_slurm_task_env()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -1,0 +1,141 @@
+"""Lion: evolved sign momentum (Chen et al. 2023, arXiv 2302.06675, Algorithm 2).
+
+Per parameter tensor, decoupled weight decay:
+
+    c ← β1·m + (1 − β1)·g                  (the interpolation that is signed)
+    θ ← θ·(1 − lr·wd) − lr·sign(c)
+    m ← β2·m + (1 − β2)·g                  (the momentum that is kept)
+
+Every coordinate moves by exactly lr (before decay), so lr is 3-10x smaller than AdamW's and wd
+correspondingly larger to keep lr·wd (the paper's advice, section 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from optim.sophia import group_by_device_and_dtype
+
+
+def lion_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    foreach: bool = True,
+) -> None:
+    """One Lion step on lists of tensors, in place (see the module docstring for the rule)."""
+    if not params:
+        return
+    impl = _multi_tensor_lion_update if foreach else _single_tensor_lion_update
+    impl(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay)
+
+
+def _single_tensor_lion_update(params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay) -> None:
+    for param, grad, exp_avg in zip(params, grads, exp_avgs, strict=True):
+        param.mul_(1 - lr * weight_decay)
+        direction = exp_avg.mul(beta1).add_(grad, alpha=1 - beta1).sign_()
+        param.add_(direction, alpha=-lr)
+        exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
+
+
+def _multi_tensor_lion_update(params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay) -> None:
+    for indices in group_by_device_and_dtype(params).values():
+        device_params = [params[i] for i in indices]
+        device_grads = [grads[i] for i in indices]
+        device_exp_avgs = [exp_avgs[i] for i in indices]
+        if weight_decay != 0:
+            torch._foreach_mul_(device_params, 1 - lr * weight_decay)
+        direction = torch._foreach_lerp(device_exp_avgs, device_grads, 1 - beta1)
+        torch._foreach_sign_(direction)
+        torch._foreach_add_(device_params, direction, alpha=-lr)
+        del direction
+        torch._foreach_lerp_(device_exp_avgs, device_grads, 1 - beta2)
+
+
+class Lion(Optimizer):
+    """Lion (Chen et al. 2023). State key: `exp_avg`. `foreach` picks the multi-tensor path
+    (default) or the single-tensor reference loop."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        if not lr >= 0.0:
+            raise ValueError(f"Invalid learning rate lr: {lr} (must be >= 0)")
+        for i, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i} (betas[{i}]): {beta}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Invalid weight_decay: {weight_decay} (must be >= 0)")
+        defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+
+    def _init_state(self, p: Tensor) -> dict:
+        """The only place state is created (lazily, on the first step)."""
+        state = self.state[p]
+        if len(state) == 0:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One Lion update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, exp_avgs = [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("Lion does not support sparse gradients")
+                params.append(p)
+                grads.append(p.grad)
+                exp_avgs.append(self._init_state(p)["exp_avg"])
+            beta1, beta2 = group["betas"]
+            lion_update(
+                params,
+                grads,
+                exp_avgs,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                foreach=group["foreach"] is not False,
+            )
+        return loss
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        """update_rms: RMS of the step before weight decay over all coordinates with state.
+
+        Every coordinate of sign(c) is ±1 (0 only where c is exactly 0), so this is the
+        coordinate-weighted RMS of the groups' lr: no pass over the tensors is needed.
+        """
+        total_sq, coordinates = 0.0, 0
+        for group in self.param_groups:
+            numel = sum(p.numel() for p in group["params"] if self.state.get(p))
+            total_sq += numel * group["lr"] ** 2
+            coordinates += numel
+        return {"update_rms": (total_sq / coordinates) ** 0.5} if coordinates else {}

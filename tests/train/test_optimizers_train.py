@@ -1,0 +1,84 @@
+"""Every optim= choice through train.py: it learns, refreshes its Hessian and resumes exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.gpt import GPT, GPTConfig
+from optim.builder import build_optimizer
+from optim.config import OPTIM_SCHEMAS
+from optim.hessian import GaussNewtonBartlett, Hutchinson
+from tests.conftest import read_metrics, run_train
+
+# Peak lrs that make the tiny TINY_RUN model learn in 30 steps (not tuned beyond that).
+LEARNING_RATES = {"adamw": 3e-3, "lion": 3e-3, "sophia": 3e-3, "sophiah": 3e-3, "adahessian": 0.15}
+SECOND_ORDER = ("sophia", "sophiah", "adahessian")
+HESS_INTERVAL = 2
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in read_metrics(run_dir)}
+
+
+def test_every_optim_choice_has_a_learning_rate_here():
+    assert set(LEARNING_RATES) == set(OPTIM_SCHEMAS)
+
+
+@pytest.mark.parametrize("optim", list(LEARNING_RATES))
+def test_loss_falls(tmp_path, corpus_dir, optim):
+    """It learns; a second-order rule refreshes after steps k-1, 2k-1, ... (AdaHessian also once
+    before its first step), each refresh's FLOPs and time added to the run's counters."""
+    extra = [f"optim.hess_interval={HESS_INTERVAL}"] if optim in SECOND_ORDER else []
+    run_train(tmp_path / "run", corpus_dir, f"optim={optim}", f"optim.lr={LEARNING_RATES[optim]}",
+              "max_steps=30", *extra)  # fmt: skip
+    records = read_metrics(tmp_path / "run")
+    assert records[-1]["train/loss"] < records[0]["train/loss"] - 0.5
+    refreshes = [r for r in records if "hess/refresh_flops" in r]
+    if optim not in SECOND_ORDER:
+        assert not refreshes and records[-1]["hess/flops"] == 0
+        return
+    expected = 30 // HESS_INTERVAL + (optim == "adahessian")
+    assert len(refreshes) == expected
+    assert all(r["hess/refresh_flops"] > 0 and r["hess/refresh_skipped"] == 0 for r in refreshes)
+    flops_per_refresh = refreshes[-1]["hess/refresh_flops"]
+    assert records[-1]["hess/flops"] == pytest.approx(expected * flops_per_refresh)
+    assert 0 < records[-1]["hess/time_s"] < records[-1]["time_s"]
+
+
+@pytest.mark.parametrize("optim", SECOND_ORDER)
+def test_resume_continues_exactly(tmp_path, corpus_dir, optim):
+    common = [f"optim={optim}", f"optim.lr={LEARNING_RATES[optim]}", "optim.decay_steps=10",
+              "optim.hess_interval=3", "ckpt_interval=100", "eval_interval=100"]  # fmt: skip
+    run_train(tmp_path / "whole", corpus_dir, "max_steps=10", *common)
+    run_train(tmp_path / "split", corpus_dir, "max_steps=6", *common)
+    optimizer_state = torch.load(
+        tmp_path / "split" / "checkpoints" / "step_00000006" / "optimizer.pt", weights_only=True
+    )
+    hessian_key = "exp_hessian_diag_sq" if optim == "adahessian" else "hessian"
+    states = optimizer_state["optimizer"]["state"].values()
+    assert all(state[hessian_key].abs().sum() > 0 for state in states)
+    run_train(tmp_path / "split", corpus_dir, "max_steps=10", *common)
+    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
+    assert list(split) == list(range(1, 11))
+    for step in range(7, 11):
+        assert split[step] == whole[step]
+
+
+@pytest.mark.parametrize(
+    ("optim", "rule", "estimator"),
+    [("adamw", "AdamW", None), ("lion", "Lion", None), ("sophia", "SophiaG", GaussNewtonBartlett),
+     ("sophiah", "SophiaH", Hutchinson), ("adahessian", "AdaHessian", Hutchinson)],
+)  # fmt: skip
+def test_builder_pairs_each_rule_with_its_estimator(optim, rule, estimator):
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16))
+    cfg = OPTIM_SCHEMAS[optim]()
+    opt = build_optimizer(cfg, model, tokens_per_step=4 * 32, device=torch.device("cpu"))
+    assert type(opt.optimizer).__name__ == rule
+    assert (opt.estimator is None) if estimator is None else isinstance(opt.estimator, estimator)
+    decays = [group["weight_decay"] for group in opt.optimizer.param_groups]
+    assert decays == [cfg.weight_decay, 0.0]
+    if estimator is not None:
+        assert opt.hess_interval == cfg.hess_interval
+    # Sophia-G's bs is the training batch's token count, never the official 480 x 1024.
+    assert opt.step_kwargs == ({"bs": 4 * 32} if optim == "sophia" else {})
