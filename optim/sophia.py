@@ -427,6 +427,11 @@ class SophiaG(_Sophia):
     Extras: `update_hessian(estimates)` for external estimates, `diagnostics()`, and the
     `foreach` (default: multi-tensor) / `compiled` (opt-in torch.compile) implementation switches.
     `capturable` is accepted for compatibility; it only keeps `step` on the parameter's device.
+
+    Speed on 2 CPU cores, GPT-2 124M shapes (scripts/bench_optim.py): the compiled step reads and
+    writes every tensor once, ≈ 0.94x the time of torch's fused AdamW; the eager foreach step
+    ≈ 0.9x torch's foreach AdamW but ≈ 4x the fused one; the per-tensor loop ≈ 11x. On CPU,
+    train with `compiled=True` (one compilation, ≈ 20-40 s, per process).
     """
 
     def __init__(
