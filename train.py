@@ -24,10 +24,11 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configs.schema import TrainConfig, register_configs
+from configs.schema import TrainConfig, describe_config_error, register_configs
 from data.batches import CorpusError, TokenWindows, load_split
 from model.gpt import GPT
 from model.mfu import mfu, peak_flops
@@ -159,7 +160,8 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
     corpus_vocab = json.loads((data_dir / "meta.json").read_text()).get("vocab_size", 0)
     if corpus_vocab > cfg.model.vocab_size:
         raise RunError(
-            f"the corpus uses {corpus_vocab} token ids but model.vocab_size={cfg.model.vocab_size}"
+            f"the corpus uses {corpus_vocab} token ids but model.vocab_size={cfg.model.vocab_size}:"
+            f" set model.vocab_size >= {corpus_vocab} or point data.dir at the corpus of this model"
         )
     train_windows = TokenWindows(train_tokens, cfg.block_size, cfg.seed, "train")
     hessian_windows = TokenWindows(train_tokens, cfg.block_size, cfg.seed, "hessian")
@@ -261,7 +263,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
             checkpointer.save(step, raw_model, opt.state_dict(), meta)
         except OSError as err:
             raise RunError(
-                f"could not write a checkpoint in {checkpointer.root} ({err.strerror}); the "
+                f"could not write a checkpoint in {checkpointer.root} ({err.strerror or err}); the "
                 f"previous checkpoint is intact: free disk space or fix permissions, then resume"
             ) from None
 
@@ -293,6 +295,14 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
             tokens=hess_batch * cfg.block_size,
         )
 
+    def refresh_hessian(step: int) -> dict:
+        t_hess = time.perf_counter()
+        stats = opt.refresh_hessian(estimation_batch(step))
+        counters["hess/time_s"] += time.perf_counter() - t_hess
+        counters["hess/flops"] += stats.get("flops", 0.0)
+        counters["flops"] += stats.get("flops", 0.0)
+        return stats
+
     stop = StopRequest()
     peak = peak_flops(device)
     params = [p for p in raw_model.parameters()]
@@ -318,6 +328,9 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
             decay_steps=decay_steps,
         )
         opt.set_lr(lr)
+        hess_stats = {}
+        if opt.needs_initial_hessian():  # AdaHessian divides by its estimate from the first step
+            hess_stats = refresh_hessian(step)
 
         # Forward/backward over the micro-batches; DDP syncs gradients on the last one only.
         loss_sum = torch.zeros(1, device=device)
@@ -343,17 +356,18 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
         else:
             counters["skipped_steps"] += 1
             bad_steps_in_a_row += 1
+            if world.is_main:
+                print(
+                    f"step {step + 1}: non-finite loss or gradient, update skipped "
+                    f"({bad_steps_in_a_row} in a row, {counters['skipped_steps']} in all)",
+                    flush=True,
+                )
         scaler.update()
         opt.zero_grad()
         counters["clipped_steps"] += int(cfg.grad_clip > 0 and grad_norm > cfg.grad_clip)
 
-        hess_stats = {}
         if finite and opt.refreshes_hessian(step):
-            t_hess = time.perf_counter()
-            hess_stats = opt.refresh_hessian(estimation_batch(step))
-            counters["hess/time_s"] += time.perf_counter() - t_hess
-            counters["hess/flops"] += hess_stats.get("flops", 0.0)
-            counters["flops"] += hess_stats.get("flops", 0.0)
+            hess_stats = refresh_hessian(step)
 
         step += 1
         step_time = time.perf_counter() - t0
@@ -364,18 +378,13 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
             flops=counters["flops"] + flops_per_token * tokens_per_step,
         )
 
-        if not finite and bad_steps_in_a_row >= cfg.max_bad_steps:
-            raise RunError(
-                f"{bad_steps_in_a_row} steps in a row had a non-finite loss or gradient (last at "
-                f"step {step}); the last good checkpoint is in {checkpointer.root}: lower optim.lr"
-                f" or raise warmup, then resume"
-            )
         if step % cfg.log_interval == 0 or step == cfg.max_steps:
             train_loss = world.all_reduce_mean(loss_sum / accum).item()
             tokens_per_s = tokens_per_step / step_time
             utilisation = mfu(flops_per_token, tokens_per_s, world.world_size, peak)
             record = {
                 **counters_view(counters),
+                "skipped_steps": counters["skipped_steps"],
                 "train/loss": train_loss,
                 "lr": lr,
                 "grad_norm": grad_norm,
@@ -399,6 +408,12 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
                     + f" | eta {eta / 60:.1f} min",
                     flush=True,
                 )
+        if not finite and bad_steps_in_a_row >= cfg.max_bad_steps:
+            raise RunError(
+                f"{bad_steps_in_a_row} steps in a row had a non-finite loss or gradient (last at "
+                f"step {step}); the last good checkpoint is in {checkpointer.root}: lower optim.lr"
+                f" or raise warmup, then resume"
+            )
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             losses = evaluate(model, eval_windows, cfg, micro, accum, world, autocast)
             logger.log("eval", step, {**counters_view(counters), **losses})
@@ -438,6 +453,23 @@ def main(dict_cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def cli() -> None:
+    """`python train.py ...`: Hydra's main, its config errors (unknown key or option) on one line.
+
+    Hydra prints its own errors over several lines unless HYDRA_FULL_ERROR=1, which makes it
+    raise them instead: set it here and condense them, unless the user asked for the full trace.
+    """
+    full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except HydraException as err:
+        if full_trace:
+            raise
+        print(f"error: {describe_config_error(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "torchinductor"))
-    main()
+    cli()

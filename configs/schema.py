@@ -9,12 +9,15 @@ converts the composed config to these objects.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import MISSING
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from data.config import DataConfig
 from model.gpt import GPTConfig
@@ -101,3 +104,31 @@ def register_configs() -> None:
     cs.store(group="schema/data", name="base", node=DataConfig)
     for name, schema in OPTIM_SCHEMAS.items():
         cs.store(group="schema/optim", name=name, node=schema)
+
+
+def describe_config_error(err: Exception) -> str:
+    """One line for a Hydra composition error (Hydra's own text spans many): the bad choice or
+    key and the valid ones, so the fix is in the message."""
+    if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
+        group, _, choice = err.missing_cfg_file.rpartition("/")
+        return (
+            f"{group}={choice} does not exist: choose one of {', '.join(err.options)} "
+            f"(files of configs/{group}/)"
+        )
+    if isinstance(err, OverrideParseException):
+        return f"cannot parse the override: {_first_line(err)} (Hydra override grammar)"
+    cause = err.__cause__
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
+        where = cause.full_key.rpartition(".")[0]
+        schema = cause.object_type
+        if dataclasses.is_dataclass(schema):
+            valid = ", ".join(f.name for f in dataclasses.fields(schema))
+            return f"unknown key {cause.full_key}: {where or 'the top level'} has {valid}"
+    if cause is not None:
+        return f"{_first_line(err)}: {_first_line(cause)}"
+    return _first_line(err)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(err).__name__

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from training.distributed import Distributed
@@ -30,6 +31,10 @@ STEP_DIR_PREFIX = "step_"
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used for this run; the message says why and what to do."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, no permission); earlier ones are intact."""
 
 
 @dataclass
@@ -53,6 +58,11 @@ def _fsync_dir(path: Path) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
@@ -115,15 +125,19 @@ class Checkpointer:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state(self.world.device)
         rng_path = tmp / f"rng_rank{self.world.rank}.pt"
-        torch.save(rng, rng_path)
+        self._write(tmp, lambda: torch.save(rng, rng_path))
         _fsync_file(rng_path)
         self.world.barrier()
         if self.world.is_main:
-            save_model(model, str(tmp / "model.safetensors"))
-            torch.save(optimizer_state, tmp / "optimizer.pt")
-            (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2))
-            for name in ("model.safetensors", "optimizer.pt", "meta.json"):
-                _fsync_file(tmp / name)
+
+            def write_files() -> None:
+                save_model(model, str(tmp / "model.safetensors"))
+                torch.save(optimizer_state, tmp / "optimizer.pt")
+                (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=2))
+                for name in ("model.safetensors", "optimizer.pt", "meta.json"):
+                    _fsync_file(tmp / name)
+
+            self._write(tmp, write_files)
             _fsync_dir(tmp)
             if final.exists():  # the same step saved twice (e.g. a signal at a ckpt step)
                 self._discard(final)
@@ -132,6 +146,22 @@ class Checkpointer:
             self._prune()
         self.world.barrier()
         return final
+
+    def _write(self, tmp: Path, write) -> None:
+        """Run `write`; on failure remove the partial `tmp` and raise one clear error.
+
+        A full disk reaches us as OSError from Python, SafetensorError from safetensors, or a
+        RuntimeError ("unexpected pos ...") from torch.save's zip writer: all mean the same here.
+        """
+        try:
+            write()
+        except (OSError, RuntimeError, SafetensorError) as err:
+            shutil.rmtree(tmp, ignore_errors=True)  # give back the space the partial files took
+            free_mb = shutil.disk_usage(self.root).free / 2**20
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
+            raise CheckpointWriteError(
+                f"{reason} while writing {tmp.name} ({free_mb:,.0f} MiB free)"
+            ) from None
 
     def _discard(self, path: Path) -> None:
         trash = path.with_name(f".trash_{path.name}")
@@ -154,25 +184,34 @@ def load_into(
 
     Nothing here unpickles arbitrary objects: safetensors for weights, weights_only for the rest.
     """
-    missing, unexpected = load_model(
-        model, str(checkpoint.path / "model.safetensors"), strict=False
-    )
+    weights = checkpoint.path / "model.safetensors"
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except (OSError, RuntimeError, SafetensorError) as err:  # truncated, corrupt, wrong shape
+        raise CheckpointError(
+            f"cannot load {weights} ({_first_line(err)}): delete this checkpoint directory to "
+            f"resume from an older one, or start a new run"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {checkpoint.path} does not fit this model "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
-    try:
-        optimizer_state = torch.load(
-            checkpoint.path / "optimizer.pt", map_location=world.device, weights_only=True
-        )
-    except Exception as err:  # an unsafe or corrupt pickle is refused, never executed
-        raise CheckpointError(
-            f"refusing {checkpoint.path / 'optimizer.pt'}: not a weights-only checkpoint ({err})"
-        ) from None
+    optimizer_state = _load_tensors(checkpoint.path / "optimizer.pt", world.device)
     rng_path = checkpoint.path / f"rng_rank{world.rank}.pt"
-    rng = torch.load(rng_path, weights_only=True) if rng_path.exists() else None
+    rng = _load_tensors(rng_path, torch.device("cpu")) if rng_path.exists() else None
     return optimizer_state, rng
+
+
+def _load_tensors(path: Path, device: torch.device) -> dict[str, Any]:
+    """torch.load with weights_only=True: an unsafe or corrupt pickle is refused, never run."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch's explanation spans many lines: keep its first
+        raise CheckpointError(
+            f"refusing {path}: not a plain tensor checkpoint ({_first_line(err)}); delete this "
+            f"checkpoint directory to resume from an older one, or start a new run"
+        ) from None
 
 
 def restore_rng(rng: dict[str, Any] | None, world: Distributed) -> None:

@@ -114,8 +114,9 @@ def start_wandb(
             settings=wandb.Settings(init_timeout=float(settings.get("init_timeout", 60))),
         )
     except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""  # W&B's run long
         warnings.warn(
-            f"W&B could not start ({type(err).__name__}: {err}); training continues with "
+            f"W&B could not start ({type(err).__name__}: {reason}); training continues with "
             f"metrics.jsonl only",
             stacklevel=2,
         )

@@ -1,0 +1,162 @@
+"""Bad input: a non-zero exit, one clear stderr line naming the fix, no traceback, nothing changed.
+
+One table row per case: (id, overrides, setup, expected substring of the error line). A setup
+builds the case's `corpus/` (default: the shared synthetic corpus) and/or `run/` (the run dir).
+All cases run in one interpreter, forked per case (fork_runner.py), to pay torch's import once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, TINY_RUN, write_corpus
+from tests.reliability.conftest import REFERENCE, assert_one_line_error
+
+
+def copy_corpus(case: Path, corpus: Path, reference: Path) -> Path:
+    return Path(shutil.copytree(corpus, case / "corpus"))
+
+
+def edit_meta(**changes):
+    def setup(case: Path, corpus: Path, reference: Path) -> None:
+        meta_path = copy_corpus(case, corpus, reference) / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        for key, value in changes.items():
+            meta[key] = {**meta[key], **value} if isinstance(value, dict) else value
+        meta_path.write_text(json.dumps(meta))
+
+    return setup
+
+
+def no_corpus(case: Path, corpus: Path, reference: Path) -> None:
+    (case / "corpus").mkdir()
+
+
+def truncated_bin(case: Path, corpus: Path, reference: Path) -> None:
+    path = copy_corpus(case, corpus, reference) / "train.bin"
+    path.write_bytes(path.read_bytes()[:-101])
+
+
+def corrupted_bin(case: Path, corpus: Path, reference: Path) -> None:
+    """Same size, one token changed, with meta.json recording the original sha256."""
+    data_dir = copy_corpus(case, corpus, reference)
+    original = (data_dir / "train.bin").read_bytes()
+    meta = json.loads((data_dir / "meta.json").read_text())
+    meta["sha256"] = {"train": hashlib.sha256(original).hexdigest()}
+    (data_dir / "meta.json").write_text(json.dumps(meta))
+    (data_dir / "train.bin").write_bytes(original[:1000] + b"\x07\x00" + original[1002:])
+
+
+def token_out_of_range(case: Path, corpus: Path, reference: Path) -> None:
+    path = copy_corpus(case, corpus, reference) / "train.bin"
+    tokens = np.fromfile(path, dtype=np.uint16)
+    tokens[500] = 600  # >= meta.json's vocab_size 64 (and the model's 512)
+    tokens.tofile(path)
+
+
+def short_corpus(case: Path, corpus: Path, reference: Path) -> None:
+    write_corpus(case / "corpus", n_train=20, n_val=2_000)
+
+
+def existing_run(case: Path, corpus: Path, reference: Path) -> None:
+    shutil.copytree(reference, case / "run")
+
+
+CASES = [
+    ("unknown-optimizer", ["optim=adamx"], None, "choose one of adahessian, adamw, lion, sophia"),
+    ("unknown-model", ["model=gpt5"], None, "choose one of gpt2-large"),
+    ("unknown-key", ["optim.lrr=1e-3"], None, "unknown key optim.lrr: optim has name, lr,"),
+    ("unknown-top-level-key", ["max_step=5"], None, "unknown key max_step: the top level has"),
+    ("wrong-type", ["optim.lr=fast"], None, "optim.lr=fast"),
+    ("zero-lr", ["optim.lr=0"], None, "optim.lr must be > 0"),
+    ("negative-lr", ["optim.lr=-1e-3"], None, "optim.lr must be > 0"),
+    ("zero-rho", ["optim=sophia", "optim.rho=0"], None, "optim.rho must be > 0"),
+    ("negative-rho", ["optim=sophiah", "optim.rho=-1"], None, "optim.rho must be > 0"),
+    ("beta-one", ["optim.betas=[0.9,1.0]"], None, "optim.betas must be two numbers in [0, 1)"),
+    ("beta-negative", ["optim=lion", "optim.betas=[-0.1,0.9]"], None, "in [0, 1)"),
+    ("zero-steps", ["max_steps=0"], None, "max_steps must be > 0"),
+    ("negative-ckpt-interval", ["ckpt_interval=-2"], None, "ckpt_interval must be > 0"),
+    ("zero-log-interval", ["log_interval=0"], None, "log_interval must be > 0"),
+    ("zero-hess-interval", ["optim=sophia", "optim.hess_interval=0"], None, "hess_interval"),
+    ("batch-not-divisible", ["batch_size=6", "micro_batch_size=4"], None, "not a multiple of"),
+    ("block-size-over-context", ["block_size=128"], None, "exceeds the model's context"),
+    ("data-not-prepared", [], no_corpus, "run `python -m data.prepare"),
+    ("truncated-bin", [], truncated_bin, "truncated"),
+    ("corrupted-bin", [], corrupted_bin, "does not match the sha256"),
+    ("meta-dtype-disagrees", [], edit_meta(dtype="uint32"), "meta.json says 20000"),
+    ("meta-token-count-disagrees", [], edit_meta(tokens={"train": 19_000}), "says 19000"),
+    ("meta-vocab-over-model", [], edit_meta(vocab_size=1000), "set model.vocab_size >= 1000"),
+    ("token-id-over-vocab", [], token_out_of_range, "holds token id 600"),
+    ("corpus-shorter-than-window", [], short_corpus, "fewer than one window"),
+    ("checkpoint-other-shape", REFERENCE + ["model.n_embd=64"], existing_run, "model shape"),
+    ("checkpoint-other-optimizer", ["optim=adamw"], existing_run, "trained with optim=sophia"),
+    ("resume-path-missing", ["resume=/nonexistent/run"], None, "does not exist"),
+    ("fresh-start-into-a-run", ["resume=never"], existing_run, "already holds a run"),
+]
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` except Hydra's record of the latest invocation (.hydra/,
+    the job log), which Hydra rewrites before train.py runs."""
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and ".hydra" not in path.parts and path.suffix != ".log"
+    }
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, corpus_dir, reference_run) -> dict[str, tuple]:
+    """Each case's (completed process, snapshot before, snapshot after)."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    batch, before = [], {}
+    for name, overrides, setup, _ in CASES:
+        case = root / name
+        case.mkdir()
+        if setup is not None:
+            setup(case, corpus_dir, reference_run)
+        data_dir = case / "corpus" if (case / "corpus").exists() else corpus_dir
+        argv = [f"hydra.run.dir={case / 'run'}", f"data.dir={data_dir}", *TINY_RUN, *overrides]
+        batch.append({"argv": argv, "out": str(case)})
+        before[name] = snapshot(case)
+    cases_file = root / "cases.json"
+    cases_file.write_text(json.dumps(batch))
+    subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "fork_runner.py"), str(cases_file)],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"},
+        check=True,
+    )
+    results = {}
+    for name, *_ in CASES:
+        case = root / name
+        proc = subprocess.CompletedProcess(
+            args=name,
+            returncode=int((case / "returncode").read_text()),
+            stdout=(case / "stdout").read_text(),
+            stderr=(case / "stderr").read_text(),
+        )
+        for output in ("returncode", "stdout", "stderr"):
+            (case / output).unlink()
+        results[name] = (proc, before[name], snapshot(case))
+    return results
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setup", "expected"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_bad_input_is_one_clear_line(outcomes, request, overrides, setup, expected):
+    proc, before, after = outcomes[request.node.callspec.id]
+    assert_one_line_error(proc, expected)
+    assert after == before  # nothing written, nothing overwritten
