@@ -453,6 +453,15 @@ def main(dict_cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def refuse_clobbering_before_hydra(args: list[str]) -> None:
+    """resume=never into an existing run: refuse before Hydra rewrites the run's .hydra/ files."""
+    if "resume=never" not in args:
+        return
+    for arg in args:
+        if arg.startswith("hydra.run.dir="):
+            check_fresh_run_dir(Path(arg.partition("=")[2]))
+
+
 def cli() -> None:
     """`python train.py ...`: Hydra's main, its config errors (unknown key or option) on one line.
 
@@ -462,7 +471,11 @@ def cli() -> None:
     full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        refuse_clobbering_before_hydra(sys.argv[1:])
         main()
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     except HydraException as err:
         if full_trace:
             raise
