@@ -125,12 +125,14 @@ class GaussNewtonBartlett:
         params = optimizer_params(optimizer)
         optimizer.zero_grad(set_to_none=True)  # ĝ must not mix with a training gradient
         loss_sum, seq_len = torch.zeros(1, device=batch.world.device), 0
-        for micro_step, x, _, no_sync in micro_batches_with_sync(batch, batch.model):
+        for micro_step, x, y, no_sync in micro_batches_with_sync(batch, batch.model):
             generator = draw_generator(batch, micro_step, x.device)
             seq_len = x.size(1)
             with no_sync:
                 with batch.autocast():
-                    logits, _ = batch.model(x)
+                    # Called with targets, as in training, so a compiled model reuses its training
+                    # graph instead of compiling a second one; that loss is not used.
+                    logits, _ = batch.model(x, y)
                 loss = sampled_label_loss(logits, generator) / batch.num_micro_batches
                 loss.backward()
             loss_sum += loss.detach()
