@@ -47,6 +47,7 @@ from training.metrics import MetricsLogger
 
 register_configs()
 
+EVAL_SEED = 0  # the fixed evaluation batches, the same for every run
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -165,9 +166,11 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
         )
     train_windows = TokenWindows(train_tokens, cfg.block_size, cfg.seed, "train")
     hessian_windows = TokenWindows(train_tokens, cfg.block_size, cfg.seed, "hessian")
+    # Evaluation batches do not depend on the run's seed: every run of a study (any optimizer,
+    # any seed) is scored on the same sequences, so seed-to-seed spread is training noise only.
     eval_windows = {
-        "val": TokenWindows(val_tokens, cfg.block_size, cfg.seed, "val"),
-        "train": TokenWindows(train_tokens, cfg.block_size, cfg.seed, "val"),
+        "val": TokenWindows(val_tokens, cfg.block_size, EVAL_SEED, "val"),
+        "train": TokenWindows(train_tokens, cfg.block_size, EVAL_SEED, "val"),
     }
 
     # Model and optimizer. The seed is the same on every rank: DDP starts from identical weights.
