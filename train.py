@@ -235,9 +235,11 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
             **OmegaConf.to_container(OmegaConf.structured(cfg.wandb)),
             "mode": cfg.wandb.mode.value,
         },
-        run_config=OmegaConf.to_container(
-            OmegaConf.structured(cfg), resolve=True, enum_to_str=True
-        ),
+        # The run's static facts ride along under `run`, where study/runs.py reads them from W&B.
+        run_config={
+            **OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True),
+            "run": run_facts,
+        },
         resume_step=start_step if checkpoint is not None else None,
         wandb_run_id=wandb_run_id,
     )
