@@ -167,7 +167,9 @@ def plot_baseline_fit(analysis: StudyAnalysis, out_dir: Path) -> list[Path]:
         if isinstance(fit.curve, PowerLaw):
             grid = np.geomspace(horizons.min() / 2, horizons.max() * 4, 200)
             label = f"fit: {fit.curve.alpha:.3g}·D^-{fit.curve.beta:.3g} + {fit.curve.gamma:.3g}"
-            ax.axhline(fit.curve.gamma, color=color(analysis.baseline_name), ls=":", lw=0.8)
+            # The asymptote only where it is near the data; far below it would flatten the plot.
+            if fit.curve.gamma > 0.5 * min(fit.losses):
+                ax.axhline(fit.curve.gamma, color=color(analysis.baseline_name), ls=":", lw=0.8)
         else:
             grid = np.geomspace(horizons.min(), horizons.max(), 200)
             label = "interpolation (fewer than 3 horizons)"

@@ -148,8 +148,11 @@ def _profile_power_law(
         alpha = (x_centered @ loss_centered) / variance
     gamma = losses.mean() - alpha * x.mean(axis=1)
     sse = np.sum((losses[None, :] - alpha[:, None] * x - gamma[:, None]) ** 2, axis=1)
-    # alpha must be > 0 (the loss falls with D); a flat x cannot identify alpha at all
-    sse[~(alpha > 0) | ~(variance > 1e-300) | ~np.isfinite(sse)] = np.inf
+    # alpha must be > 0 (the loss falls with D); a flat x cannot identify alpha at all; and
+    # gamma, the loss of infinite training, cannot be negative for a cross-entropy: without that
+    # bound three early-training points fit a near-logarithm with a meaningless gamma << 0.
+    bad = ~(alpha > 0) | ~(variance > 1e-300) | ~np.isfinite(sse) | ~(gamma >= 0)
+    sse[bad] = np.inf
     return sse, alpha, gamma
 
 
