@@ -258,3 +258,4 @@ def test_gnb_on_a_compiled_model_matches_eager():
         estimates.append(recorder.estimates[0])
     for eager, compiled in zip(*estimates, strict=True):
         torch.testing.assert_close(compiled, eager)
+
