@@ -104,11 +104,25 @@ def _sort_key(setting: Setting) -> tuple:
 
 
 def best_settings(results: Iterable[SettingResult]) -> dict[tuple[str, str, int], SettingResult]:
-    """Each optimizer's best setting per (model, horizon): the lowest mean final val loss."""
+    """Each optimizer's best setting per (model, horizon): the lowest mean final val loss among
+    the settings run on the most seeds.
+
+    A study that tunes on one seed and then runs the chosen setting on several leaves the other
+    candidates with one seed at the tuning horizon; a lucky single seed must not outrank a
+    3-seed mean, so only the best-covered settings compete (with a full grid, all of them do).
+    """
+    results = list(results)
+    most_seeds: dict[tuple[str, str, int], int] = defaultdict(int)
+    for result in results:
+        s = result.setting
+        key = (s.model, s.optimizer, s.max_steps)
+        most_seeds[key] = max(most_seeds[key], result.n)
     best: dict[tuple[str, str, int], SettingResult] = {}
     for result in results:  # ties keep the first one, i.e. the lowest lr
         s = result.setting
         key = (s.model, s.optimizer, s.max_steps)
+        if result.n < most_seeds[key]:
+            continue
         if key not in best or result.mean_loss < best[key].mean_loss:
             best[key] = result
     return best

@@ -135,6 +135,18 @@ def test_best_setting_is_lowest_mean_loss_over_seeds():
     assert best[("tiny", "lion", 1000)].n == 3
 
 
+def test_a_lucky_single_tuning_seed_does_not_outrank_the_tuned_setting():
+    # tune on seed 0 over three lrs, then run the chosen lr on three seeds (scripts/run_study.py)
+    runs = [make_run("adamw", 1e-3, 1000, 0, 3.30), make_run("adamw", 1e-2, 1000, 0, 3.60)]
+    runs += [
+        make_run("adamw", 3e-3, 1000, seed, 3.35 + off)
+        for seed, off in enumerate((-0.1, 0.05, 0.05))
+    ]
+    best = best_settings(group_settings(runs))
+    assert best[("tiny", "adamw", 1000)].setting.lr == 3e-3
+    assert best[("tiny", "adamw", 1000)].n == 3
+
+
 def test_speedup_is_two_when_reaching_at_d_what_adamw_reaches_at_2d():
     runs = sweep("adamw", ADAMW.loss) + sweep("sophia", twice_as_fast)
     analysis = analyze(runs, n_resamples=0)
