@@ -57,9 +57,10 @@ def main() -> None:
     print(f"{'setting':<32} {'s/step':>8} {'x AdamW':>8} {'Hessian share':>14}")
     adamw_seconds = None
     batch_size = int([o for o in base if o.startswith("batch_size=")][-1].partition("=")[2])
-    half_batch = f"optim.hess_batch_size={batch_size // 2}"
+    # The estimation batch must be whole micro-batches: halve those too (accumulation 2).
+    half_batch = [f"optim.hess_batch_size={batch_size // 2}", f"micro_batch_size={batch_size // 2}"]
     for name, extra in SETTINGS.items():
-        extra = [half_batch if o == "HALF_BATCH" else o for o in extra]
+        extra = [o for x in extra for o in (half_batch if x == "HALF_BATCH" else [x])]
         records = run([*base, *extra], args.steps)
         first, last = records[args.warmup - 1], records[-1]
         steps = last["step"] - first["step"]
