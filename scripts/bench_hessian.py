@@ -23,11 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "adamw": ["optim=adamw"],
     "sophia (GNB, k=10)": ["optim=sophia", "optim.hess_interval=10"],
-    "sophia (GNB, k=10, half batch)": [
-        "optim=sophia",
-        "optim.hess_interval=10",
-        "optim.hess_batch_size=8",
-    ],  # fmt: skip
+    "sophia (GNB, k=10, half batch)": ["optim=sophia", "optim.hess_interval=10", "HALF_BATCH"],
     "sophiah (Hutchinson, k=10)": ["optim=sophiah", "optim.hess_interval=10"],
     "adahessian (Hutchinson, k=1)": ["optim=adahessian", "optim.hess_interval=1"],
     "adahessian (Hutchinson, k=10)": ["optim=adahessian", "optim.hess_interval=10"],
