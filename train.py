@@ -144,6 +144,7 @@ def train(cfg: TrainConfig, run_dir: Path) -> None:
     world = distributed.setup(cfg.device)
     try:
         _train(cfg, run_dir, world)
+        world.barrier()  # ranks leave together (gloo can abort a rank whose peer already exited)
     finally:
         distributed.teardown(world)
 

@@ -55,6 +55,7 @@ def main(out_path: str) -> None:
         }
     if world.is_main:
         torch.save(results, out_path)
+    world.barrier()  # leave together: a rank exiting while gloo still runs can abort the other
     distributed.teardown(world)
 
 
