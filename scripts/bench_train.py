@@ -49,20 +49,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def split_step_time(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, float]:
-    """Median seconds per step spent in data, forward+backward and the optimizer."""
+def build_step_pieces(cfg: TrainConfig):
+    """(device, raw model, model to call, optimizer, autocast context) as train.py builds them."""
     device = pick_device(cfg.device, 0)
     torch.manual_seed(cfg.seed)
     raw = GPT(cfg.model).to(device)
     model = torch.compile(raw) if cfg.compile else raw
     tokens_per_step = cfg.batch_size * cfg.block_size
     opt = build_optimizer(cfg.optim, raw, tokens_per_step=tokens_per_step, device=device)
+    dtype = DTYPES[cfg.dtype.value]
+    autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+    return device, raw, model, opt, autocast
+
+
+def split_step_time(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step spent in data, forward+backward and the optimizer."""
+    device, raw, model, opt, autocast = build_step_pieces(cfg)
     windows = TokenWindows(
         load_split(REPO / cfg.data.dir, "train"), cfg.block_size, cfg.seed, "train"
-    )
-    dtype = DTYPES[cfg.dtype.value]
-    autocast = (
-        nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
     )
     micro = cfg.micro_batch_size or cfg.batch_size
     accum = cfg.batch_size // micro
@@ -95,17 +99,8 @@ def split_step_time(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, floa
 
 def plain_loop_tokens_per_s(cfg: TrainConfig, steps: int, warmup: int) -> float:
     """nanoGPT's loop at its barest: fixed in-memory batch, forward, backward, clip, step."""
-    device = pick_device(cfg.device, 0)
-    torch.manual_seed(cfg.seed)
-    raw = GPT(cfg.model).to(device)
-    model = torch.compile(raw) if cfg.compile else raw
-    tokens_per_step = cfg.batch_size * cfg.block_size
-    opt = build_optimizer(cfg.optim, raw, tokens_per_step=tokens_per_step, device=device)
+    device, raw, model, opt, autocast = build_step_pieces(cfg)
     x = torch.randint(0, cfg.model.vocab_size, (cfg.batch_size, cfg.block_size), device=device)
-    dtype = DTYPES[cfg.dtype.value]
-    autocast = (
-        nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
-    )
     times = []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
@@ -118,7 +113,7 @@ def plain_loop_tokens_per_s(cfg: TrainConfig, steps: int, warmup: int) -> float:
         sync(device)
         if step >= warmup:
             times.append(time.perf_counter() - t0)
-    return tokens_per_step / statistics.median(times)
+    return cfg.batch_size * cfg.block_size / statistics.median(times)
 
 
 def train_py_tokens_per_s(overrides: list[str], steps: int, warmup: int) -> float:
