@@ -177,7 +177,14 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
     # Model and optimizer. The seed is the same on every rank: DDP starts from identical weights.
     torch.manual_seed(cfg.seed)
     raw_model = GPT(cfg.model).to(device)
-    opt = build_optimizer(cfg.optim, raw_model, tokens_per_step=tokens_per_step, device=device)
+    hess_batch = getattr(cfg.optim, "hess_batch_size", None) or cfg.batch_size
+    opt = build_optimizer(
+        cfg.optim,
+        raw_model,
+        tokens_per_step=tokens_per_step,
+        device=device,
+        estimation_tokens=hess_batch * cfg.block_size,
+    )
     flops_per_token = raw_model.flops_per_token(cfg.block_size)
     decay_steps = cfg.optim.decay_steps or cfg.max_steps
 
@@ -274,7 +281,6 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
             ) from None
 
     def estimation_batch(step: int) -> EstimationBatch:
-        hess_batch = getattr(cfg.optim, "hess_batch_size", None) or cfg.batch_size
         hess_micro, hess_accum = micro, hess_batch // (micro * world.world_size)
         if hess_accum == 0 or hess_batch % (micro * world.world_size):
             raise RunError(

@@ -100,13 +100,20 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 
 
 def build_optimizer(
-    cfg: OptimConfig, model: nn.Module, *, tokens_per_step: int, device: torch.device
+    cfg: OptimConfig,
+    model: nn.Module,
+    *,
+    tokens_per_step: int,
+    device: torch.device,
+    estimation_tokens: int | None = None,
 ) -> TrainingOptimizer:
     """The update rule `cfg` names on nanoGPT's decay/no-decay groups, with its Hessian estimator.
 
-    tokens_per_step: tokens in the training global batch. Sophia-G's `bs` is this count (the
-    official script hard-wires 480 x 1024 instead, which silently changes what rho means whenever
-    the real batch differs).
+    tokens_per_step: tokens in the training global batch; estimation_tokens: tokens in the global
+    batch the Hessian is estimated on (`optim.hess_batch_size` sequences; default: the training
+    batch). Sophia-G's `bs` is the latter: ĝ is a mean over those B tokens and B·ĝ⊙ĝ estimates
+    the Gauss-Newton diagonal, so rho keeps its meaning whatever the estimation batch is (the
+    official script hard-wires 480 x 1024, which silently changes rho whenever the batch differs).
     """
     groups = parameter_groups(model, cfg.weight_decay)
     betas = tuple(getattr(cfg, "betas", ()))
@@ -121,25 +128,19 @@ def build_optimizer(
         # Hutchinson estimates the Hessian of the mean loss itself, with no batch-size factor, so
         # rho applies to h directly (Levanter's gamma = 0.01) and SophiaH.step() takes no bs.
         optimizer = SophiaH(groups, lr=cfg.lr, betas=betas, rho=cfg.rho, compiled=cfg.compiled)
-        return TrainingOptimizer(optimizer, Hutchinson(n_probes(cfg)), cfg.hess_interval)
+        return TrainingOptimizer(optimizer, Hutchinson(cfg.n_probes), cfg.hess_interval)
     if isinstance(cfg, SophiaConfig):
         # GNB: B * g_hat * g_hat estimates the Hessian diagonal; the optimizer keeps g_hat * g_hat
-        # and multiplies by bs = B, the tokens in the global batch, in its step.
+        # and multiplies by bs = B, the tokens in the global estimation batch, in its step.
         optimizer = SophiaG(groups, lr=cfg.lr, betas=betas, rho=cfg.rho, compiled=cfg.compiled)
-        return TrainingOptimizer(
-            optimizer, GaussNewtonBartlett(), cfg.hess_interval, {"bs": tokens_per_step}
-        )
+        bs = estimation_tokens or tokens_per_step
+        return TrainingOptimizer(optimizer, GaussNewtonBartlett(), cfg.hess_interval, {"bs": bs})
     if isinstance(cfg, AdaHessianConfig):
         optimizer = AdaHessian(
             groups, lr=cfg.lr, betas=betas, eps=cfg.eps, hessian_power=cfg.hessian_power,
             block_length=cfg.block_length,
         )  # fmt: skip
         return TrainingOptimizer(
-            optimizer, Hutchinson(n_probes(cfg)), cfg.hess_interval, hessian_before_first_step=True
+            optimizer, Hutchinson(cfg.n_probes), cfg.hess_interval, hessian_before_first_step=True
         )
     raise ValueError(f"optim={cfg.name} has no builder: add a branch to optim/builder.py")
-
-
-def n_probes(cfg: OptimConfig) -> int:
-    """Hutchinson probes per micro-batch: `optim.n_probes` where the schema has it, else 1."""
-    return getattr(cfg, "n_probes", 1)

@@ -18,6 +18,14 @@ def _check_betas(name: str, betas: list[float]) -> None:
         raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(betas)} ({name})")
 
 
+def _check_n_probes(n_probes: int) -> None:
+    if n_probes < 1:
+        raise ValueError(
+            f"optim.n_probes must be >= 1, got {n_probes} (Rademacher probes per micro-batch; "
+            "each costs about two training steps)"
+        )
+
+
 @dataclass
 class OptimConfig:
     name: str = MISSING
@@ -122,6 +130,11 @@ class SophiaHConfig(SophiaConfig):
 
     name: str = "sophiah"
     rho: float = 0.01
+    n_probes: int = 1  # Hutchinson probes per micro-batch: variance / n_probes, cost x n_probes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_n_probes(self.n_probes)
 
 
 @dataclass
@@ -137,10 +150,12 @@ class AdaHessianConfig(SecondOrderConfig):
     hessian_power: float = 1.0
     block_length: int = 32  # spatial averaging along the last dim; 0 averages whole rows
     hess_interval: int = 1
+    n_probes: int = 1  # Hutchinson probes per micro-batch (the paper uses one)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_betas(self.name, self.betas)
+        _check_n_probes(self.n_probes)
         if not self.eps > 0:
             raise ValueError(f"optim.eps must be > 0, got {self.eps} (the paper uses 1e-4)")
         if not 0 <= self.hessian_power <= 1:

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 if TYPE_CHECKING:  # optim.builder imports this module to build the estimators
@@ -86,27 +85,83 @@ def optimizer_params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
 # Gauss-Newton-Bartlett (Sophia-G)
 
 
-def sample_labels(logits: Tensor, generator: torch.Generator) -> Tensor:
-    """ŷ ~ Categorical(softmax(logits)) at every position, drawn in float32.
+# Vocabulary entries per chunk in the two-level inverse-CDF draw below.
+SAMPLE_CHUNK = 128
 
-    By inverting the CDF (one cumsum and a binary search per row) rather than torch.multinomial,
-    which on CPU took 1.7 s for 1,024 positions x 50,304 classes, six times the training step it
-    serves; the draw is the same distribution. u is scaled by each row's total so the cumsum's
-    rounding cannot push it past the last class.
+
+def sample_from_weights(weights: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One index per row of `weights` (N, C), drawn with probability weights / row total.
+
+    The CDF is inverted in two levels: the sums of chunks of SAMPLE_CHUNK entries (one read of
+    `weights`), a binary search among the chunks, then a cumulative sum and a search inside the
+    chosen chunk only. A full cumsum over a 50k vocabulary costs as much as the softmax itself and
+    torch.multinomial took six training steps per refresh on CPU; this costs one read. One
+    uniform per row, scaled by the row's total so rounding cannot point past the last entry;
+    zero-weight entries are never drawn (right-sided searches skip them). Indices stay in range
+    even for non-finite rows, so every rank still runs its backward (a hang under DDP otherwise).
+    Returns (indices (N,), row totals (N,)).
     """
-    probs = torch.softmax(logits.detach().float().reshape(-1, logits.size(-1)), dim=-1)
-    # A non-finite row (NaN logits) makes the search meaningless; draw from it anyway so that every
-    # rank runs its backward (DDP would hang otherwise), and refuse the NaN gradient afterwards.
-    cdf = probs.nan_to_num(nan=1.0).cumsum_(dim=-1)
-    u = torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device) * cdf[:, -1:]
-    labels = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1)
-    return labels.view(logits.shape[:-1])
+    rows, classes = weights.shape
+    chunk = min(SAMPLE_CHUNK, classes)
+    whole = classes - classes % chunk
+    chunk_sums = weights[:, :whole].reshape(rows, whole // chunk, chunk).sum(-1)
+    if whole < classes:
+        chunk_sums = torch.cat([chunk_sums, weights[:, whole:].sum(-1, keepdim=True)], dim=1)
+    chunk_cdf = chunk_sums.cumsum(-1)
+    u = torch.rand(rows, 1, generator=generator, device=weights.device) * chunk_cdf[:, -1:]
+    picked = torch.searchsorted(chunk_cdf, u, right=True).clamp_(max=chunk_sums.size(1) - 1)
+    below = chunk_cdf.gather(1, picked) - chunk_sums.gather(1, picked)
+    columns = picked * chunk + torch.arange(chunk, device=weights.device)
+    inside = weights.gather(1, columns.clamp(max=classes - 1)).masked_fill_(columns >= classes, 0)
+    offset = torch.searchsorted(inside.cumsum(-1), (u - below).clamp_(min=0), right=True)
+    labels = (picked * chunk + offset.clamp_(max=chunk - 1)).clamp_(max=classes - 1)
+    return labels.squeeze(1), chunk_cdf[:, -1]
+
+
+class SampledLabelCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits against labels ŷ ~ softmax(logits) drawn at every position.
+
+    One float32 pass computes exp(z − max z), which serves the draw, the loss
+    (log Σ exp(z) − z_ŷ) and, in backward, the gradient (softmax(z) − onehot(ŷ)) / N, so the
+    vocabulary-sized work is three reads and two writes of the logits, where sampling and then
+    calling F.cross_entropy took about ten. Returns (loss, labels).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        flat = logits.detach().reshape(-1, logits.size(-1))
+        shift = flat.amax(dim=-1, keepdim=True).float()
+        weights = torch.sub(flat, shift).exp_()  # float32 (type promotion), even for bf16 logits
+        labels, totals = sample_from_weights(weights, generator)
+        picked = flat.gather(1, labels.unsqueeze(1)).float().squeeze(1)
+        loss = (shift.squeeze(1) + totals.log() - picked).mean()
+        ctx.save_for_backward(weights, totals, labels)
+        ctx.logits_shape, ctx.logits_dtype, ctx.spent = logits.shape, logits.dtype, False
+        ctx.mark_non_differentiable(labels)
+        return loss, labels.view(logits.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_labels: Tensor) -> tuple[Tensor, None]:
+        if ctx.spent:
+            raise RuntimeError("SampledLabelCrossEntropy reuses its buffer: backward runs once")
+        ctx.spent = True
+        weights, totals, labels = ctx.saved_tensors
+        grad = weights.div_(totals.unsqueeze(1))  # softmax(z), in place: the buffer is not reused
+        grad.scatter_add_(1, labels.unsqueeze(1), grad.new_full((grad.size(0), 1), -1.0))
+        grad.mul_(grad_loss / grad.size(0))
+        return grad.to(ctx.logits_dtype).view(ctx.logits_shape), None
+
+
+def sample_labels(logits: Tensor, generator: torch.Generator) -> Tensor:
+    """ŷ ~ Categorical(softmax(logits)) at every position, drawn in float32."""
+    flat = logits.detach().reshape(-1, logits.size(-1))
+    weights = torch.sub(flat, flat.amax(dim=-1, keepdim=True).float()).exp_()
+    return sample_from_weights(weights, generator)[0].view(logits.shape[:-1])
 
 
 def sampled_label_loss(logits: Tensor, generator: torch.Generator) -> Tensor:
     """Mean token cross-entropy of `logits` against labels sampled from the model itself."""
-    labels = sample_labels(logits, generator)
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1))
+    return SampledLabelCrossEntropy.apply(logits, generator)[0]
 
 
 class GaussNewtonBartlett:
@@ -132,14 +187,14 @@ class GaussNewtonBartlett:
         params = optimizer_params(optimizer)
         optimizer.zero_grad(set_to_none=True)  # ĝ must not mix with a training gradient
         loss_sum, seq_len = torch.zeros(1, device=batch.world.device), 0
-        for micro_step, x, y, no_sync in micro_batches_with_sync(batch, batch.model):
+        for micro_step, x, _, no_sync in micro_batches_with_sync(batch, batch.model):
             generator = draw_generator(batch, micro_step, x.device)
             seq_len = x.size(1)
             with no_sync:
                 with batch.autocast():
-                    # Called with targets, as in training, so a compiled model reuses its training
-                    # graph instead of compiling a second one; that loss is not used.
-                    logits, _ = batch.model(x, y)
+                    # No targets: the training loss would be one more vocabulary-sized pass. A
+                    # compiled model compiles this graph once more, on the first refresh.
+                    logits, _ = batch.model(x)
                 loss = sampled_label_loss(logits, generator) / batch.num_micro_batches
                 loss.backward()
             loss_sum += loss.detach()

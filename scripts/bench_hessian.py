@@ -1,12 +1,14 @@
 """What a Hessian estimate costs inside a real training run, against AdamW measured alongside.
 
     python scripts/bench_hessian.py                       # gpt2-tiny, 16 x 128 tokens, bf16, CPU
+    python scripts/bench_hessian.py model=gpt2-small batch_size=4 block_size=256 --only sophia
     python scripts/bench_hessian.py model=gpt2-small batch_size=8 device=cuda --steps 40
 
 Runs train.py (as users do) for each optimizer setting below and reads its metrics.jsonl:
 the mean seconds per training step (after the first `--warmup` steps) relative to AdamW's, and
 the share of the run's time spent estimating the Hessian (hess/time_s over the rest), which is
-the amortized estimation overhead the Sophia paper quotes (about 5% at k = 10).
+the amortized estimation overhead the Sophia paper quotes (about 5% at k = 10), next to the same
+share in FLOPs (exact: the estimator's forward/backward over the training step's).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "adamw": ["optim=adamw"],
     "sophia (GNB, k=10)": ["optim=sophia", "optim.hess_interval=10"],
-    "sophia (GNB, k=10, half batch)": ["optim=sophia", "optim.hess_interval=10", "HALF_BATCH"],
+    "sophia (GNB, k=10, half batch)": ["optim=sophia", "optim.hess_interval=10", "HALF"],
+    "sophia (GNB, k=10, quarter batch)": ["optim=sophia", "optim.hess_interval=10", "QUARTER"],
     "sophiah (Hutchinson, k=10)": ["optim=sophiah", "optim.hess_interval=10"],
     "adahessian (Hutchinson, k=1)": ["optim=adahessian", "optim.hess_interval=1"],
     "adahessian (Hutchinson, k=10)": ["optim=adahessian", "optim.hess_interval=10"],
@@ -47,24 +50,43 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="train.py overrides for every run")
     parser.add_argument("--steps", type=int, default=40, help="a multiple of 10")
     parser.add_argument("--warmup", type=int, default=10, help="steps left out (compile, caches)")
+    parser.add_argument(
+        "--only", nargs="+", default=[], help="settings whose name contains one of these words"
+    )
     args = parser.parse_args()
-    base = ["batch_size=16", "block_size=128", "dtype=bfloat16", "device=cpu", *args.overrides]
+    settings = {
+        name: extra
+        for name, extra in SETTINGS.items()
+        if name == "adamw" or not args.only or any(word in name for word in args.only)
+    }
+    defaults = ["batch_size=16", "block_size=128", "dtype=bfloat16", "device=cpu"]
+    given = {o.partition("=")[0] for o in args.overrides}
+    base = [o for o in defaults if o.partition("=")[0] not in given] + args.overrides
     print(f"train.py {' '.join(base)} max_steps={args.steps}")
-    print(f"{'setting':<32} {'s/step':>8} {'x AdamW':>8} {'Hessian share':>14}")
+    print(f"{'setting':<34} {'s/step':>8} {'x AdamW':>8} {'Hessian time':>13} {'FLOPs':>7}")
     adamw_seconds = None
     batch_size = int([o for o in base if o.startswith("batch_size=")][-1].partition("=")[2])
-    # The estimation batch must be whole micro-batches: halve those too (accumulation 2).
-    half_batch = [f"optim.hess_batch_size={batch_size // 2}", f"micro_batch_size={batch_size // 2}"]
-    for name, extra in SETTINGS.items():
-        extra = [o for x in extra for o in (half_batch if x == "HALF_BATCH" else [x])]
+    # The estimation batch must be whole micro-batches: shrink those too (accumulation 2 or 4).
+    fractions = {
+        word: [f"optim.hess_batch_size={size}", f"micro_batch_size={size}"]
+        for word, size in (("HALF", batch_size // 2), ("QUARTER", batch_size // 4))
+    }
+    for name, extra in settings.items():
+        extra = [o for x in extra for o in fractions.get(x, [x])]
         records = run([*base, *extra], args.steps)
         first, last = records[args.warmup - 1], records[-1]
         steps = last["step"] - first["step"]
         seconds = (last["time_s"] - first["time_s"]) / steps
         hess = last["hess/time_s"] - first["hess/time_s"]
         train_only = last["time_s"] - first["time_s"] - hess
+        hess_flops = last["hess/flops"] - first["hess/flops"]
+        train_flops = last["flops"] - first["flops"] - hess_flops
         adamw_seconds = adamw_seconds or seconds
-        print(f"{name:<32} {seconds:8.3f} {seconds / adamw_seconds:8.2f} {hess / train_only:13.1%}")
+        print(
+            f"{name:<34} {seconds:8.3f} {seconds / adamw_seconds:8.2f} "
+            f"{hess / train_only:12.1%} {hess_flops / train_flops:7.1%}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

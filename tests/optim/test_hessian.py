@@ -17,6 +17,7 @@ from optim.builder import EstimationBatch
 from optim.hessian import (
     GaussNewtonBartlett,
     Hutchinson,
+    SampledLabelCrossEntropy,
     generator_for,
     hutchinson_diagonal,
     sample_labels,
@@ -125,6 +126,35 @@ def test_sampled_labels_follow_the_softmax():
     labels = sample_labels(logits, generator_for("cpu", 3))
     frequencies = torch.bincount(labels, minlength=3) / labels.numel()
     torch.testing.assert_close(frequencies, torch.softmax(logits[0], -1), atol=0.01, rtol=0)
+
+
+def test_sampled_labels_follow_the_softmax_across_vocabulary_chunks():
+    """300 classes: two whole chunks of SAMPLE_CHUNK = 128 and a remainder of 44; the mass sits
+    in classes of every chunk, and classes of probability zero are never drawn."""
+    logits = torch.full((300,), -2.0)
+    logits[[0, 127, 128, 299]] = torch.tensor([1.0, 2.0, 0.5, 1.5])
+    logits[[1, 200, 298]] = float("-inf")
+    labels = sample_labels(logits.expand(40_000, 300), generator_for("cpu", 4))
+    frequencies = torch.bincount(labels, minlength=300) / labels.numel()
+    torch.testing.assert_close(frequencies, torch.softmax(logits, -1), atol=0.006, rtol=0)
+    assert frequencies[[1, 200, 298]].sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("classes", [5, 300])
+def test_sampled_label_loss_is_cross_entropy_against_its_labels(dtype, classes):
+    """Loss and gradient equal F.cross_entropy's against the labels the loss drew."""
+    logits = (3 * torch.randn(4, 6, classes, generator=torch.Generator().manual_seed(0))).to(dtype)
+    ours = logits.clone().requires_grad_()
+    loss, labels = SampledLabelCrossEntropy.apply(ours, generator_for("cpu", 5))
+    (3 * loss).backward()
+    reference = logits.clone().requires_grad_()
+    expected = F.cross_entropy(reference.float().view(-1, classes), labels.view(-1))
+    (3 * expected).backward()
+    assert labels.shape == (4, 6)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(ours.grad, reference.grad)
+    assert ours.grad.dtype == dtype
 
 
 def test_gnb_estimator_averages_to_the_gauss_newton_diagonal():
@@ -258,4 +288,3 @@ def test_gnb_on_a_compiled_model_matches_eager():
         estimates.append(recorder.estimates[0])
     for eager, compiled in zip(*estimates, strict=True):
         torch.testing.assert_close(compiled, eager)
-

@@ -87,6 +87,8 @@ CASES = [
     ("negative-ckpt-interval", ["ckpt_interval=-2"], None, "ckpt_interval must be > 0"),
     ("zero-log-interval", ["log_interval=0"], None, "log_interval must be > 0"),
     ("zero-hess-interval", ["optim=sophia", "optim.hess_interval=0"], None, "hess_interval"),
+    ("zero-probes", ["optim=adahessian", "optim.n_probes=0"], None, "optim.n_probes must be >= 1"),
+    ("probes-on-sophia-g", ["optim=sophia", "optim.n_probes=2"], None, "n_probes"),
     ("batch-not-divisible", ["batch_size=6", "micro_batch_size=4"], None, "not a multiple of"),
     ("block-size-over-context", ["block_size=128"], None, "exceeds the model's context"),
     ("data-not-prepared", [], no_corpus, "run `python -m data.prepare"),

@@ -82,3 +82,23 @@ def test_builder_pairs_each_rule_with_its_estimator(optim, rule, estimator):
         assert opt.hess_interval == cfg.hess_interval
     # Sophia-G's bs is the training batch's token count, never the official 480 x 1024.
     assert opt.step_kwargs == ({"bs": 4 * 32} if optim == "sophia" else {})
+
+
+def test_sophia_g_scales_its_hessian_by_the_estimation_batch():
+    """ĝ is a mean over the estimation batch's B tokens and B·ĝ⊙ĝ is the Gauss-Newton estimate:
+    with optim.hess_batch_size at half the batch, bs must be half the training tokens, or rho
+    would silently double."""
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16))
+    opt = build_optimizer(
+        OPTIM_SCHEMAS["sophia"](), model, tokens_per_step=4 * 32, device=torch.device("cpu"),
+        estimation_tokens=2 * 32,
+    )  # fmt: skip
+    assert opt.step_kwargs == {"bs": 2 * 32}
+
+
+@pytest.mark.parametrize("optim", ["sophiah", "adahessian"])
+def test_hutchinson_takes_its_probe_count_from_the_config(optim):
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16))
+    cfg = OPTIM_SCHEMAS[optim](n_probes=3)
+    opt = build_optimizer(cfg, model, tokens_per_step=4 * 32, device=torch.device("cpu"))
+    assert opt.estimator.n_probes == 3

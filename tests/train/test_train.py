@@ -47,4 +47,3 @@ def test_resume_continues_exactly(tmp_path, corpus_dir):
     assert list(split) == list(range(1, 11))
     for step in range(7, 11):
         assert split[step] == whole[step]
-
