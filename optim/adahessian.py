@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from optim.sophia import estimates_by_group, group_by_device_and_dtype
+from optim.common import check_hyperparameters, estimates_by_group, group_by_device_and_dtype
 
 
 def spatial_average(diagonal: Tensor, block_length: int | None) -> Tensor:
@@ -135,15 +135,9 @@ class AdaHessian(Optimizer):
         *,
         foreach: bool | None = None,
     ) -> None:
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate lr: {lr} (must be >= 0)")
-        for i, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i} (betas[{i}]): {beta}")
+        check_hyperparameters(lr, betas, weight_decay)
         if not eps > 0.0:
             raise ValueError(f"Invalid eps: {eps} (must be > 0; the paper uses 1e-4)")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay: {weight_decay} (must be >= 0)")
         if not 0.0 <= hessian_power <= 1.0:
             raise ValueError(f"Invalid hessian_power: {hessian_power} (must be in [0, 1])")
         if block_length is not None and block_length < 0:

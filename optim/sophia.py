@@ -28,45 +28,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from optim.common import check_hyperparameters, estimates_by_group, group_by_device_and_dtype
+
 # The official denominator's guard against h = 0: until the first refresh every step is a sign step.
 SOPHIA_EPS = 1e-15
-
-
-def estimates_by_group(
-    param_groups: list[dict], estimates: Sequence[Tensor | None]
-) -> list[list[Tensor | None]]:
-    """Split a flat list of per-parameter estimates (all groups, in order) into one list per group.
-
-    The estimators produce one tensor per parameter of `[p for g in opt.param_groups for p in
-    g["params"]]`; each group is then handled on its own (the official AdaHessian indexed the flat
-    list with a per-group index, wrong as soon as there is a second group).
-    """
-    sizes = [len(group["params"]) for group in param_groups]
-    if len(estimates) != sum(sizes):
-        raise ValueError(
-            f"update_hessian got {len(estimates)} estimates for {sum(sizes)} parameters: pass one "
-            "tensor (or None to skip) per parameter of every param group, in group order"
-        )
-    per_group, start = [], 0
-    for group, size in zip(param_groups, sizes, strict=True):
-        chunk = list(estimates[start : start + size])
-        for p, estimate in zip(group["params"], chunk, strict=True):
-            if estimate is not None and estimate.shape != p.shape:
-                raise ValueError(
-                    f"update_hessian: estimate of shape {tuple(estimate.shape)} for a parameter "
-                    f"of shape {tuple(p.shape)}: the estimates are out of parameter order"
-                )
-        per_group.append(chunk)
-        start += size
-    return per_group
-
-
-def group_by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple, list[int]]:
-    """Indices of `tensors` grouped by (device, dtype): one foreach kernel launch per group."""
-    groups: dict[tuple, list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault((t.device, t.dtype), []).append(i)
-    return groups
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,16 +223,9 @@ class _Sophia(Optimizer):
         foreach: bool | None,
         compiled: bool,
     ) -> None:
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate lr: {lr} (must be >= 0)")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0 (betas[0]): {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1 (betas[1]): {betas[1]}")
+        check_hyperparameters(lr, betas, weight_decay)
         if not rho >= 0.0:
             raise ValueError(f"Invalid rho: {rho} (must be >= 0; the paper uses 0.03-0.05)")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay: {weight_decay} (must be >= 0)")
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
