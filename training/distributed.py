@@ -5,6 +5,7 @@ Every other module receives a `Distributed` value and never reads RANK/WORLD_SIZ
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 from dataclasses import dataclass
@@ -89,4 +90,8 @@ def setup(requested_device: str) -> Distributed:
 
 def teardown(world: Distributed) -> None:
     if world.enabled and dist.is_initialized():
+        # DDP wrappers sit in reference cycles and keep the process group's gloo threads alive;
+        # left to interpreter shutdown they can abort the process ("terminate called without an
+        # active exception"). Free them while Python is whole, then destroy the group.
+        gc.collect()
         dist.destroy_process_group()

@@ -25,6 +25,15 @@ GLOBAL_MICRO_BATCHES = 2
 
 def main(out_path: str) -> None:
     world = distributed.setup("cpu")
+    results = estimate(world)
+    if world.is_main:
+        torch.save(results, out_path)
+    world.barrier()  # leave together: a rank exiting while gloo still runs can abort the other
+    distributed.teardown(world)
+
+
+def estimate(world: distributed.Distributed) -> dict:
+    """Both refreshes; the DDP wrapper is gone when this returns (before the teardown)."""
     torch.manual_seed(0)
     raw_model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16))
     model = DDP(raw_model) if world.enabled else raw_model
@@ -53,10 +62,7 @@ def main(out_path: str) -> None:
             "hessian": [optimizer.state[p]["hessian"] for p in raw_model.parameters()],
             "stats": stats,
         }
-    if world.is_main:
-        torch.save(results, out_path)
-    world.barrier()  # leave together: a rank exiting while gloo still runs can abort the other
-    distributed.teardown(world)
+    return results
 
 
 if __name__ == "__main__":
