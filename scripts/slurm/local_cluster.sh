@@ -44,7 +44,8 @@ install() {
 
 write_conf() {
   local cpus mem_mb
-  cpus=$(nproc)
+  # nproc honours OMP_NUM_THREADS; the node has the CPUs this process may run on, not fewer.
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
   # RealMemory a little under the total, or slurmd reports the node as misconfigured.
   mem_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
   mkdir -p "$STATE_DIR"/{ctld,spool,log}
@@ -97,7 +98,7 @@ start() {
     idle* | mix* | alloc*) ;;
     *) die "node $HOST is '${state:-unreachable}' after 30 s; logs in $STATE_DIR/log" ;;
   esac
-  echo "local_cluster: node $HOST $state ($(nproc) CPUs); export SLURM_CONF=$CONF"
+  echo "local_cluster: node $HOST $state ($(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) CPUs); export SLURM_CONF=$CONF"
 }
 
 stop() {
