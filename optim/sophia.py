@@ -149,22 +149,24 @@ def _fused_sophia_body(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     hessians: list[Tensor],
-    scales: list[Tensor],
+    scales: list[Tensor] | None,
     lr: Tensor,
     rho_bs: Tensor,
     beta1: float,
     weight_decay: float,
     nonnegative_hessian: bool,
 ) -> None:
-    """The whole update as one graph for torch.compile: each tensor is read and written once."""
+    """The whole update as one graph for torch.compile: each tensor is read and written once.
+    `scales` (bias correction, Sophia-H) is None for Sophia-G: no multiply, no per-step tensors."""
     decay = 1 - lr * weight_decay
-    for param, grad, exp_avg, hessian, scale in zip(
-        params, grads, exp_avgs, hessians, scales, strict=True
+    for i, (param, grad, exp_avg, hessian) in enumerate(
+        zip(params, grads, exp_avgs, hessians, strict=True)
     ):
         exp_avg.lerp_(grad, 1 - beta1)
         if nonnegative_hessian:
             hessian = hessian.clamp_min(0)
-        ratio = (exp_avg * scale / (rho_bs * hessian + SOPHIA_EPS)).clamp(-1, 1)
+        momentum = exp_avg if scales is None else exp_avg * scales[i]
+        ratio = (momentum / (rho_bs * hessian + SOPHIA_EPS)).clamp(-1, 1)
         param.copy_(param * decay - lr * ratio)
 
 
@@ -182,10 +184,10 @@ def _compiled_sophia_update(
         _compiled_body = torch.compile(_fused_sophia_body, fullgraph=True, dynamic=False)
     for indices in group_by_device_and_dtype(params).values():
         device = params[indices[0]].device
-        scales = [
-            torch.tensor(scale, device=device)
-            for scale in _momentum_scales([state_steps[i] for i in indices], beta1, bias_correction)
-        ]
+        scales = None
+        if bias_correction:
+            steps = [state_steps[i] for i in indices]
+            scales = [torch.tensor(s, device=device) for s in _momentum_scales(steps, beta1, True)]
         _compiled_body(
             [params[i] for i in indices],
             [grads[i] for i in indices],
