@@ -389,8 +389,8 @@ class SophiaG(_Sophia):
     `capturable` is accepted for compatibility; it only keeps `step` on the parameter's device.
 
     Speed on 2 CPU cores, GPT-2 124M shapes (scripts/bench_optim.py): the compiled step reads and
-    writes every tensor once, ≈ 0.94x the time of torch's fused AdamW; the eager foreach step
-    ≈ 0.9x torch's foreach AdamW but ≈ 4x the fused one; the per-tensor loop ≈ 11x. On CPU,
+    writes every tensor once, ≈ 0.90x the time of torch's fused AdamW (its memory floor); the eager
+    foreach step ≈ torch's foreach AdamW but ≈ 4x the fused one; the per-tensor loop 8-12x. On CPU,
     train with `compiled=True` (one compilation, ≈ 20-40 s, per process).
     """
 
