@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
+from data.tokenizer import TOKENIZERS
+
 CORPORA = ("shakespeare", "openwebtext", "text_files")
 FILE_FORMATS = ("text", "json")
 SAMPLE_BY = ("document", "paragraph", "line")
@@ -27,6 +29,7 @@ SAMPLE_BY = ("document", "paragraph", "line")
 class DataConfig:
     name: str = MISSING  # shakespeare | openwebtext | text_files
     dir: str = "data/cache/${.name}"  # holds train.bin, val.bin, meta.json
+    tokenizer: str = "gpt2"  # gpt2 (GPT-2 BPE) | bytes (UTF-8 bytes, vocab 256; CPU proxies)
 
     # Validation split: whole documents, see the module docstring.
     val_fraction: float | None = 0.0005
@@ -59,6 +62,10 @@ class DataConfig:
             raise ValueError(
                 f"data.name must be one of {', '.join(CORPORA)}, got {self.name!r} "
                 f"(pick a file of configs/data/, e.g. data=shakespeare)"
+            )
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(
+                f"data.tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}"
             )
         if not self.dir:
             raise ValueError("data.dir must name a directory, e.g. data.dir=data/cache/shakespeare")

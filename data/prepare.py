@@ -1,12 +1,14 @@
-"""Tokenize a corpus into `train.bin` / `val.bin` (uint16 GPT-2 tokens) and `meta.json`.
+"""Tokenize a corpus into `train.bin` / `val.bin` (uint16 token ids) and `meta.json`.
 
     python -m data.prepare                        # data=shakespeare, the default
     python -m data.prepare data=openwebtext data.num_workers=32
     python -m data.prepare data=text_files data.files=[a.txt,b.txt] data.dir=data/cache/mine
     python -m data.prepare data=shakespeare force=true   # redo even if already prepared
+    python -m data.prepare data=shakespeare_bytes        # the same text, byte-level (vocab 256)
 
-Each document's tokens are followed by <|endoftext|> (50256); the text is encoded with
-`encode_ordinary`, so a literal "<|endoftext|>" inside a document is ordinary text. Documents are
+`data.tokenizer` is gpt2 (the default) or bytes. With gpt2 each document's tokens are followed by
+<|endoftext|> (50256) and the text is encoded with `encode_ordinary`, so a literal
+"<|endoftext|>" inside a document is ordinary text; with bytes the separator is NUL (id 0). Documents are
 tokenized `batch_docs` at a time and appended to the files, so memory stays bounded whatever the
 corpus size. Files are written under temporary names and renamed when complete, and meta.json is
 written last (and removed first on a redo): a meta.json always describes finished files.
@@ -29,18 +31,18 @@ from pathlib import Path
 import datasets
 import hydra
 import numpy as np
-import tiktoken
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from data.config import DataConfig
 from data.sources import OPENWEBTEXT_DOCUMENTS, describe_source, load_documents, split_documents
-from data.tokenizer import EOT_ID, VOCAB_SIZE, gpt2_encoding
+from data.tokenizer import load_tokenizer
 
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
-DTYPE = np.uint16  # GPT-2's 50,257 ids fit; half the bytes of int32
+DTYPE = np.uint16  # GPT-2's 50,257 ids fit; half the bytes of int32 (bytes would fit uint8, but
+# one dtype keeps every reader of .bin files simple)
 FORMAT_VERSION = 1
 
 
@@ -49,7 +51,7 @@ def prepare(cfg: DataConfig, force: bool = False) -> dict:
     out_dir = Path(cfg.dir)
     source = describe_source(cfg)
     split = {"val_fraction": cfg.val_fraction, "val_docs": cfg.val_docs, "seed": cfg.split_seed}
-    fingerprint = _fingerprint(source, split)
+    fingerprint = _fingerprint(cfg.tokenizer, source, split)
     if not force and (meta := _finished_meta(out_dir, fingerprint)) is not None:
         print(f"{out_dir} is already prepared: {_token_summary(meta)} (force=true redoes it)")
         return meta
@@ -57,13 +59,13 @@ def prepare(cfg: DataConfig, force: bool = False) -> dict:
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / META_FILE).unlink(missing_ok=True)  # the files are about to change
-    encoding = gpt2_encoding()
+    tokenizer = load_tokenizer(cfg.tokenizer)
     splits = split_documents(load_documents(cfg), cfg)
     meta = {
         "format_version": FORMAT_VERSION,
-        "tokenizer": "gpt2",
-        "vocab_size": VOCAB_SIZE,
-        "eot_id": EOT_ID,
+        "tokenizer": tokenizer.name,
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
         "dtype": np.dtype(DTYPE).name,
         "tokens": {},
         "documents": {},
@@ -75,7 +77,7 @@ def prepare(cfg: DataConfig, force: bool = False) -> dict:
     if "work" in splits["val"].column_names:  # shakespeare: which works are held out
         meta["split"]["val_works"] = sorted(splits["val"]["work"])
     for name in SPLITS:
-        written = write_tokens(splits[name], out_dir / f"{name}.bin", encoding, cfg, desc=name)
+        written = write_tokens(splits[name], out_dir / f"{name}.bin", tokenizer, cfg, desc=name)
         meta["tokens"][name], meta["sha256"][name] = written["tokens"], written["sha256"]
         meta["documents"][name] = len(splits[name])
     meta["prepare_seconds"] = round(time.perf_counter() - start, 1)
@@ -93,9 +95,11 @@ def prepare(cfg: DataConfig, force: bool = False) -> dict:
 
 
 def write_tokens(
-    documents: datasets.Dataset, path: Path, encoding: tiktoken.Encoding, cfg: DataConfig, desc: str
+    documents: datasets.Dataset, path: Path, tokenizer, cfg: DataConfig, desc: str
 ) -> dict:
-    """Append each document's tokens and an EOT to `path` (atomically); tokens and sha256."""
+    """Append each document's tokens and an EOT to `path` (atomically); tokens and sha256.
+
+    `tokenizer` is a data.tokenizer tokenizer (encode_batch, eot_id)."""
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     digest = hashlib.sha256()
     n_tokens = 0
@@ -103,8 +107,8 @@ def write_tokens(
     try:
         with open(tmp, "wb") as f, tqdm(total=len(documents), desc=desc, unit="doc") as bar:
             for batch in documents.iter(batch_size=cfg.batch_docs):
-                ids = encoding.encode_ordinary_batch(batch["text"], num_threads=workers)
-                tokens = _with_eot(ids)
+                ids = tokenizer.encode_batch(batch["text"], num_threads=workers)
+                tokens = _with_eot(ids, tokenizer.eot_id)
                 f.write(tokens.data)
                 digest.update(tokens.data)
                 n_tokens += len(tokens)
@@ -129,13 +133,13 @@ def load_meta(data_dir: str | Path) -> dict:
     return meta
 
 
-def _with_eot(ids: list[list[int]]) -> np.ndarray:
+def _with_eot(ids: list[list[int]], eot_id: int) -> np.ndarray:
     tokens = np.empty(sum(len(doc) for doc in ids) + len(ids), dtype=DTYPE)
     position = 0
     for doc in ids:
         tokens[position : position + len(doc)] = doc
         position += len(doc)
-        tokens[position] = EOT_ID
+        tokens[position] = eot_id
         position += 1
     return tokens
 
@@ -162,8 +166,8 @@ def _size_problem(data_dir: Path, meta: dict) -> str | None:
     return None
 
 
-def _fingerprint(source: dict, split: dict) -> str:
-    identity = {"format_version": FORMAT_VERSION, "tokenizer": "gpt2", "source": source,
+def _fingerprint(tokenizer: str, source: dict, split: dict) -> str:
+    identity = {"format_version": FORMAT_VERSION, "tokenizer": tokenizer, "source": source,
                 "split": split}  # fmt: skip
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 

