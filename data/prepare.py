@@ -8,10 +8,11 @@
 
 `data.tokenizer` is gpt2 (the default) or bytes. With gpt2 each document's tokens are followed by
 <|endoftext|> (50256) and the text is encoded with `encode_ordinary`, so a literal
-"<|endoftext|>" inside a document is ordinary text; with bytes the separator is NUL (id 0). Documents are
-tokenized `batch_docs` at a time and appended to the files, so memory stays bounded whatever the
-corpus size. Files are written under temporary names and renamed when complete, and meta.json is
-written last (and removed first on a redo): a meta.json always describes finished files.
+"<|endoftext|>" inside a document is ordinary text; with bytes the separator is NUL (id 0).
+Documents are tokenized `batch_docs` at a time and appended to the files, so memory stays bounded
+whatever the corpus size. Files are written under temporary names and renamed when complete, and
+meta.json is written last (and removed first on a redo): a meta.json always describes finished
+files.
 
 meta.json: tokenizer, vocab_size, eot_id, dtype, tokens / documents / sha256 per split, source
 (what was tokenized), split (how), fingerprint (of tokenizer + source + split: a second run with

@@ -21,12 +21,14 @@ from optim.config import (
     AdaHessianConfig,
     AdamWConfig,
     LionConfig,
+    MuonConfig,
     OptimConfig,
     SophiaConfig,
     SophiaHConfig,
 )
 from optim.hessian import GaussNewtonBartlett, Hutchinson
 from optim.lion import Lion
+from optim.muon import MuonAdamW
 from optim.sophia import SophiaG, SophiaH
 from training.distributed import Distributed
 
@@ -56,6 +58,10 @@ class TrainingOptimizer:
     step_kwargs: dict[str, Any] = field(default_factory=dict)
     # AdaHessian divides by its Hessian from the first step on (Sophia starts with h = 0).
     hessian_before_first_step: bool = False
+    step_flops: float = 0.0  # compute of one update itself when not negligible (Muon's NS)
+    # {id(param): "embeddings" | "matrices" | "vectors"}, for per-kind diagnostics
+    parameter_kinds: dict[int, str] = field(default_factory=dict)
+    hessian_refreshes: int = 0  # estimates taken into the optimizer's state so far
 
     def step(self) -> None:
         self.optimizer.step(**self.step_kwargs)
@@ -64,8 +70,9 @@ class TrainingOptimizer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def set_lr(self, lr: float) -> None:
+        """The scheduled lr into every group, times the group's `lr_ratio` where it has one."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_ratio", 1.0)
 
     def refreshes_hessian(self, step: int) -> bool:
         """True after optimizer step `step` (0-based) at k-1, 2k-1, ... as the official loop."""
@@ -77,29 +84,81 @@ class TrainingOptimizer:
         return self.hessian_before_first_step and not self.optimizer.state
 
     def refresh_hessian(self, batch: EstimationBatch) -> dict[str, float]:
-        return self.estimator.refresh(batch, self.optimizer)
+        stats = self.estimator.refresh(batch, self.optimizer)
+        self.hessian_refreshes += not stats.get("skipped", 0.0)
+        return stats
 
     def diagnostics(self) -> dict[str, float]:
+        """The update rule's own statistics (Sophia: win rates per kind of parameter) and, for
+        Sophia, `hessian_warmed` = 1 - beta2^refreshes: the share of its stationary value the
+        EMA h holds (h starts at 0 and is not bias-corrected, so rho means less until then)."""
         report = getattr(self.optimizer, "diagnostics", None)
-        return report() if report is not None else {}
+        if report is None:
+            return {}
+        values = report(self.parameter_kinds)
+        if isinstance(self.optimizer, (SophiaG, SophiaH)):
+            beta2 = self.optimizer.param_groups[0]["betas"][1]
+            values["hessian_warmed"] = 1.0 - beta2**self.hessian_refreshes
+        return values
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "hessian_refreshes": self.hessian_refreshes,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        self.hessian_refreshes = int(state.get("hessian_refreshes", 0))
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """nanoGPT's split: decay matrices and embeddings (dim >= 2), not biases or LayerNorm gains."""
+def parameter_kinds(model: nn.Module) -> dict[int, str]:
+    """{id(param): kind}: embeddings (token and position tables, and a head tied or not),
+    matrices (the blocks' 2-D weights), vectors (LayerNorm gains, biases)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = getattr(model, "lm_head", None)
+    if head is not None:
+        embeddings.add(id(head.weight))
+    kinds = {}
+    for p in model.parameters():
+        if id(p) in embeddings:
+            kinds[id(p)] = "embeddings"
+        else:
+            kinds[id(p)] = "matrices" if p.dim() >= 2 else "vectors"
+    return kinds
+
+
+def parameter_groups(
+    model: nn.Module, weight_decay: float, decay_embeddings: bool = True
+) -> list[dict[str, Any]]:
+    """Decay and no-decay groups. decay_embeddings: nanoGPT's split (every dim >= 2 tensor
+    decays, the tied embedding and the position table too); False: the official Sophia script's
+    split (Linear weights only; embeddings, biases and LayerNorm gains do not decay)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decays = lambda p: p.dim() >= 2 and (decay_embeddings or id(p) not in embeddings)
     return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if decays(p)], "weight_decay": weight_decay},
+        {"params": [p for p in params if not decays(p)], "weight_decay": 0.0},
     ]
 
 
 def build_optimizer(
+    cfg: OptimConfig,
+    model: nn.Module,
+    *,
+    tokens_per_step: int,
+    device: torch.device,
+    estimation_tokens: int | None = None,
+) -> TrainingOptimizer:
+    """The update rule `cfg` names, with its Hessian estimator (see `_build`)."""
+    built = _build(cfg, model, tokens_per_step=tokens_per_step, device=device,
+                   estimation_tokens=estimation_tokens)  # fmt: skip
+    built.parameter_kinds = parameter_kinds(model)
+    return built
+
+
+def _build(
     cfg: OptimConfig,
     model: nn.Module,
     *,
@@ -115,12 +174,25 @@ def build_optimizer(
     the Gauss-Newton diagonal, so rho keeps its meaning whatever the estimation batch is (the
     official script hard-wires 480 x 1024, which silently changes rho whenever the batch differs).
     """
-    groups = parameter_groups(model, cfg.weight_decay)
+    groups = parameter_groups(model, cfg.weight_decay, cfg.decay_embeddings)
     betas = tuple(getattr(cfg, "betas", ()))
     if isinstance(cfg, AdamWConfig):
         fused = cfg.fused if cfg.fused is not None else device.type in ("cuda", "cpu")
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, fused=fused)
         return TrainingOptimizer(optimizer)
+    if isinstance(cfg, MuonConfig):
+        # Muon owns the blocks' 2-D matrices; AdamW the embeddings, the tied head and vectors.
+        kinds = parameter_kinds(model)
+        matrices = {id(p) for p in model.parameters() if kinds[id(p)] == "matrices"}
+        rest = [{**g, "params": [p for p in g["params"] if id(p) not in matrices]} for g in groups]
+        optimizer = MuonAdamW(
+            [p for p in model.parameters() if id(p) in matrices], rest, lr=cfg.lr,
+            weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            ns_steps=cfg.ns_steps, adjust_lr_fn=cfg.adjust_lr_fn,
+            adamw_lr_ratio=cfg.adamw_lr_ratio, betas=betas, eps=cfg.eps,
+            fused=device.type in ("cuda", "cpu"),
+        )  # fmt: skip
+        return TrainingOptimizer(optimizer, step_flops=optimizer.newton_schulz_flops())
     if isinstance(cfg, LionConfig):
         return TrainingOptimizer(Lion(groups, lr=cfg.lr, betas=betas))
     # SophiaHConfig subclasses SophiaConfig: test it first.

@@ -34,6 +34,13 @@ class OptimConfig:
     warmup_steps: int = 100
     decay_steps: int | None = None  # None: the run's max_steps
     weight_decay: float = 0.1
+    # Two choices where this repo and the official Sophia loop differ (docs/CONTRACTS.md):
+    # warmup_from_zero: false takes lr*(t+1)/W at step t, so the first step already moves; true
+    # takes lr*t/W as the official loop and nanoGPT do (step 0 at lr 0).
+    warmup_from_zero: bool = False
+    # decay_embeddings: true decays every matrix, the tied token embedding and the position table
+    # included (nanoGPT's dim >= 2 rule); false decays Linear weights only, as the official script.
+    decay_embeddings: bool = True
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -170,6 +177,41 @@ class AdaHessianConfig(SecondOrderConfig):
             )
 
 
+@dataclass
+class MuonConfig(OptimConfig):
+    """Muon on the blocks' 2-D matrices, AdamW on embeddings, head and norms (optim/muon.py).
+
+    `lr` is on AdamW's scale (match_rms_adamw) and serves both halves unless adamw_lr_ratio says
+    otherwise; weight_decay applies to Muon's matrices and the AdamW matrices alike."""
+
+    name: str = "muon"
+    lr: float = 6e-4
+    min_lr: float = 3e-5
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5
+    adjust_lr_fn: str = "match_rms_adamw"  # or "original" (Keller Jordan's scaling, lr ~ 0.02)
+    adamw_lr_ratio: float = 1.0  # the AdamW half's lr / Muon's lr
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # the AdamW half
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_betas(self.name, self.betas)
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"optim.momentum must be in [0, 1), got {self.momentum} (Muon: 0.95)")
+        if self.ns_steps < 1:
+            raise ValueError(f"optim.ns_steps must be >= 1, got {self.ns_steps} (Muon uses 5)")
+        if self.adjust_lr_fn not in ("match_rms_adamw", "original"):
+            raise ValueError(
+                f"optim.adjust_lr_fn must be match_rms_adamw or original, got {self.adjust_lr_fn!r}"
+            )
+        if not self.adamw_lr_ratio > 0:
+            raise ValueError(f"optim.adamw_lr_ratio must be > 0, got {self.adamw_lr_ratio}")
+        if not self.eps > 0:
+            raise ValueError(f"optim.eps must be > 0, got {self.eps}")
+
+
 # The `optim=` choices and their schemas; configs/schema.py registers each in the ConfigStore.
 OPTIM_SCHEMAS: dict[str, type[OptimConfig]] = {
     "adamw": AdamWConfig,
@@ -177,4 +219,5 @@ OPTIM_SCHEMAS: dict[str, type[OptimConfig]] = {
     "sophia": SophiaConfig,
     "sophiah": SophiaHConfig,
     "adahessian": AdaHessianConfig,
+    "muon": MuonConfig,
 }

@@ -22,7 +22,7 @@ symmetric in sign), which is the form the code uses: one division and one clamp.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -338,16 +338,20 @@ class _Sophia(Optimizer):
         return loss
 
     @torch.no_grad()
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self, kinds: Mapping[int, str] | None = None) -> dict[str, float]:
         """Statistics of the last step, computed from the state on demand (the step pays nothing).
 
-        win_rate: share of coordinates not clipped, |m̂| < ρ·bs·h (the authors keep it in 0.1-0.5;
-        near 0 Sophia has degenerated into sign momentum). update_rms: RMS over all coordinates of
-        lr·clamp(m̂/(ρ·bs·h + ε), −1, 1), the step before weight decay. hessian_l1 / hessian_l2:
-        norms of h over all parameters. Exact for the last step as long as h was not refreshed
-        after it.
+        win_rate: the official definition, the share of coordinates with |m| < ρ·bs·h, i.e. not
+        clipped (the authors keep it in 0.1-0.5; near 0 Sophia has degenerated into sign
+        momentum). A coordinate whose h is 0 (an embedding row never seen, a position never
+        used) counts as clipped: its step is lr·sign(m), whatever m is. With `kinds`
+        ({id(param): kind}), also `win_rate_<kind>` per kind of parameter (e.g. embeddings,
+        matrices, vectors). update_rms: RMS over all coordinates of lr·clamp(m/(ρ·bs·h + ε),
+        −1, 1), the step before weight decay. hessian_l1 / hessian_l2: norms of h over all
+        parameters. Exact for the last step as long as h was not refreshed after it.
         """
-        unclipped = coordinates = 0
+        unclipped: dict[str, int] = {}
+        coordinates: dict[str, int] = {}
         update_sq = hessian_l1 = hessian_sq = 0.0
         for index, group in enumerate(self.param_groups):
             if index not in self._last_step:
@@ -364,20 +368,27 @@ class _Sophia(Optimizer):
                 exp_avg = state["exp_avg"].float()
                 if self._bias_correction:
                     exp_avg = exp_avg / (1 - beta1 ** state["step"].item())
-                ratio = exp_avg / (group["rho"] * bs * hessian + SOPHIA_EPS)
-                unclipped += int((ratio.abs() < 1).sum())
-                coordinates += ratio.numel()
+                threshold = group["rho"] * bs * hessian
+                hits = int((exp_avg.abs() < threshold).sum())
+                for kind in ("all", (kinds or {}).get(id(p))):
+                    if kind is not None:
+                        unclipped[kind] = unclipped.get(kind, 0) + hits
+                        coordinates[kind] = coordinates.get(kind, 0) + p.numel()
+                ratio = exp_avg / (threshold + SOPHIA_EPS)
                 update_sq += float(ratio.clamp(-1, 1).square().sum()) * lr**2
                 hessian_l1 += float(state["hessian"].float().abs().sum())
                 hessian_sq += float(state["hessian"].float().square().sum())
-        if coordinates == 0:
+        if not coordinates:
             return {}
-        return {
-            "win_rate": unclipped / coordinates,
-            "update_rms": (update_sq / coordinates) ** 0.5,
+        report = {
+            "win_rate": unclipped["all"] / coordinates["all"],
+            "update_rms": (update_sq / coordinates["all"]) ** 0.5,
             "hessian_l1": hessian_l1,
             "hessian_l2": hessian_sq**0.5,
         }
+        for kind in sorted(set(coordinates) - {"all"}):
+            report[f"win_rate_{kind}"] = unclipped[kind] / coordinates[kind]
+        return report
 
 
 class SophiaG(_Sophia):

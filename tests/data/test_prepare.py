@@ -237,7 +237,8 @@ def test_byte_level_corpus_is_the_utf8_bytes_with_nul_between_documents(
     assert len(tokens) == sum(len(t.encode("utf-8")) + 1 for t in documents)
     ends = np.flatnonzero(tokens == 0)
     starts = np.concatenate([[0], ends[:-1] + 1])
-    decoded = {bytes(tokens[s:e].astype(np.uint8)).decode() for s, e in zip(starts, ends)}
+    pieces = zip(starts, ends, strict=True)
+    decoded = {bytes(tokens[s:e].astype(np.uint8)).decode() for s, e in pieces}
     assert decoded == set(documents)
 
 

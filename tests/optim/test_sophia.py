@@ -207,6 +207,24 @@ def test_diagnostics_win_rate_counts_unclipped_coordinates():
     assert diagnostics["update_rms"] == pytest.approx(float(step.square().mean().sqrt()))
 
 
+def test_win_rate_counts_rows_never_estimated_as_clipped():
+    """The official definition |m| < rho*bs*h: a row with h = 0 and m = 0 (a token or position
+    never seen) steps lr*sign(m) once it gets a gradient, so it is clipped, not 0/eps "won"."""
+    table = torch.nn.Parameter(torch.zeros(3, 2))  # an embedding: row 2 never occurs
+    gain = torch.nn.Parameter(torch.zeros(2))
+    optimizer = SophiaG([table, gain], lr=0.1, betas=(0.0, 0.5), rho=0.5, weight_decay=0.0)
+    optimizer.update_hessian(
+        [torch.tensor([[2.0, 2.0], [2.0, 2.0], [0.0, 0.0]]), torch.tensor([2.0, 2.0])]
+    )  # h = 1 where estimated, 0 on row 2
+    table.grad = torch.tensor([[0.5, 0.5], [3.0, 0.5], [0.0, 0.0]])
+    gain.grad = torch.tensor([0.5, 3.0])
+    optimizer.step(bs=2)  # rho*bs*h = 1: unclipped where |m| < 1
+    report = optimizer.diagnostics({id(table): "embeddings", id(gain): "vectors"})
+    assert report["win_rate"] == pytest.approx(4 / 8)
+    assert report["win_rate_embeddings"] == pytest.approx(3 / 6)
+    assert report["win_rate_vectors"] == pytest.approx(1 / 2)
+
+
 def test_sophia_h_uses_bias_corrected_momentum_and_nonnegative_hessian():
     param = torch.nn.Parameter(torch.zeros(3))
     optimizer = SophiaH([param], lr=0.1, betas=(0.9, 0.0), rho=0.5, weight_decay=0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -12,7 +14,8 @@ from optim.hessian import GaussNewtonBartlett, Hutchinson
 from tests.conftest import read_metrics, run_train
 
 # Peak lrs that make the tiny TINY_RUN model learn in 30 steps (not tuned beyond that).
-LEARNING_RATES = {"adamw": 3e-3, "lion": 3e-3, "sophia": 3e-3, "sophiah": 3e-3, "adahessian": 0.15}
+LEARNING_RATES = {"adamw": 3e-3, "lion": 3e-3, "sophia": 3e-3, "sophiah": 3e-3, "adahessian": 0.15,
+                  "muon": 3e-3}  # fmt: skip
 SECOND_ORDER = ("sophia", "sophiah", "adahessian")
 HESS_INTERVAL = 2
 
@@ -68,7 +71,8 @@ def test_resume_continues_exactly(tmp_path, corpus_dir, optim):
 @pytest.mark.parametrize(
     ("optim", "rule", "estimator"),
     [("adamw", "AdamW", None), ("lion", "Lion", None), ("sophia", "SophiaG", GaussNewtonBartlett),
-     ("sophiah", "SophiaH", Hutchinson), ("adahessian", "AdaHessian", Hutchinson)],
+     ("sophiah", "SophiaH", Hutchinson), ("adahessian", "AdaHessian", Hutchinson),
+     ("muon", "MuonAdamW", None)],
 )  # fmt: skip
 def test_builder_pairs_each_rule_with_its_estimator(optim, rule, estimator):
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16))
@@ -77,7 +81,9 @@ def test_builder_pairs_each_rule_with_its_estimator(optim, rule, estimator):
     assert type(opt.optimizer).__name__ == rule
     assert (opt.estimator is None) if estimator is None else isinstance(opt.estimator, estimator)
     decays = [group["weight_decay"] for group in opt.optimizer.param_groups]
-    assert decays == [cfg.weight_decay, 0.0]
+    # Muon: its matrices, then the AdamW half's decayed embedding and undecayed vectors.
+    expected = [cfg.weight_decay] * (1 + (optim == "muon")) + [0.0]
+    assert decays == expected
     if estimator is not None:
         assert opt.hess_interval == cfg.hess_interval
     # Sophia-G's bs is the training batch's token count, never the official 480 x 1024.
@@ -102,3 +108,30 @@ def test_hutchinson_takes_its_probe_count_from_the_config(optim):
     cfg = OPTIM_SCHEMAS[optim](n_probes=3)
     opt = build_optimizer(cfg, model, tokens_per_step=4 * 32, device=torch.device("cpu"))
     assert opt.estimator.n_probes == 3
+
+
+def test_muon_resumes_exactly_and_counts_its_orthogonalization(tmp_path, corpus_dir):
+    common = ["optim=muon", f"optim.lr={LEARNING_RATES['muon']}", "optim.decay_steps=10",
+              "ckpt_interval=100", "eval_interval=100"]  # fmt: skip
+    run_train(tmp_path / "whole", corpus_dir, "max_steps=10", *common)
+    run_train(tmp_path / "split", corpus_dir, "max_steps=6", *common)
+    run_train(tmp_path / "split", corpus_dir, "max_steps=10", *common)
+    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
+    for step in range(7, 11):
+        assert split[step] == whole[step]
+    last = read_metrics(tmp_path / "whole")[-1]
+    facts = json.loads((tmp_path / "whole" / "run.json").read_text())
+    model_flops = 10 * facts["flops_per_token"] * facts["tokens_per_step"]
+    assert last["flops"] > model_flops  # the Newton-Schulz iterations are compute too
+
+
+def test_sophia_logs_its_warmed_share_and_win_rates_per_kind(tmp_path, corpus_dir):
+    run_train(tmp_path / "run", corpus_dir, "optim=sophia", "optim.hess_interval=2",
+              "max_steps=10", "log_interval=5")  # fmt: skip
+    records = [r for r in read_metrics(tmp_path / "run") if "optim/win_rate" in r]
+    beta2 = OPTIM_SCHEMAS["sophia"]().betas[1]
+    assert [r["optim/hessian_warmed"] for r in records] == pytest.approx(
+        [1 - beta2**2, 1 - beta2**5]
+    )
+    for kind in ("embeddings", "matrices", "vectors"):
+        assert 0 <= records[-1][f"optim/win_rate_{kind}"] <= 1
