@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 # Independent random streams: training batches, the fresh batch of a Hessian estimate, validation.
-STREAMS = {"train": 0, "hessian": 1, "val": 2}
+STREAMS = {"train": 0, "hessian": 1, "val": 2, "noise": 3}  # noise: scripts/noise_scale.py
 
 
 class CorpusError(ValueError):
