@@ -95,10 +95,11 @@ class TrainingOptimizer:
         report = getattr(self.optimizer, "diagnostics", None)
         if report is None:
             return {}
+        if not isinstance(self.optimizer, (SophiaG, SophiaH)):
+            return report()
         values = report(self.parameter_kinds)
-        if isinstance(self.optimizer, (SophiaG, SophiaH)):
-            beta2 = self.optimizer.param_groups[0]["betas"][1]
-            values["hessian_warmed"] = 1.0 - beta2**self.hessian_refreshes
+        beta2 = self.optimizer.param_groups[0]["betas"][1]
+        values["hessian_warmed"] = 1.0 - beta2**self.hessian_refreshes
         return values
 
     def state_dict(self) -> dict[str, Any]:
