@@ -262,3 +262,29 @@ def test_a_missing_study_or_option_is_caught():
         check_command("python scripts/run_study.py cpu", "")
     with pytest.raises(Exception, match="optim/nope"):
         check_command("python train.py optim=nope", "")
+
+
+@pytest.mark.parametrize("report", sorted((REPO / "docs" / "results").glob("*/report.md")))
+def test_committed_reports_never_call_a_higher_loss_faster(report):
+    """Every row whose speedup and loss gap disagree is marked ‡, and the verdict does not call
+    that optimizer faster (or slower) at that horizon."""
+    text = report.read_text()
+    lines = text.splitlines()
+    header_at = next(i for i, line in enumerate(lines) if line.startswith("| model | optimizer"))
+    header = [cell.strip() for cell in lines[header_at].strip("|").split("|")]
+    gap_at = next(i for i, name in enumerate(header) if name.startswith("Δ vs"))
+    steps_at = next(i for i, name in enumerate(header) if name.startswith("speedup"))
+    for line in lines[header_at + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        gap, speedup = cells[gap_at], cells[steps_at]
+        if gap == "–" or not speedup[:1].isdigit():
+            continue
+        value, delta = float(speedup.split("x")[0]), float(gap.split()[0])
+        if (value > 1 and delta > 0) or (value < 1 and delta < 0):
+            assert "‡" in speedup, f"{report.name}: {cells[1]} at {cells[2]} steps lacks ‡"
+            sentence = text.split(f"({cells[0]}, {cells[2]} steps), {cells[1]}'s")
+            if len(sentence) > 1:
+                first = sentence[1].split(". ")[0]
+                assert "faster than" not in first and "slower than" not in first, first
