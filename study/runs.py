@@ -74,7 +74,7 @@ class Run:
     hess_seconds: float  # final cumulative seconds spent estimating the Hessian
     facts: Mapping[str, Any]  # run.json
     diagnostics: Mapping[str, Curve] = field(default_factory=dict)  # DIAGNOSTICS it logged
-    compile_seconds: float | None = None  # one-time torch.compile time (`compile_s`), if logged
+    compile_seconds: float | None = None  # one-time torch.compile seconds (`compile_s`), if any
     compiled: bool = False  # the run's config had compile=true
     tokenizer: str = "gpt2"  # data.tokenizer: gpt2 (BPE tokens) or bytes (one token per byte)
 
@@ -171,7 +171,8 @@ def run_from_records(
     win_rate = _curve(trains, "optim/win_rate") if trains else None
     last_train = max(trains, key=lambda r: r["step"]) if trains else {}
     diagnostics = {key: _curve(trains, key) for key in DIAGNOSTICS}
-    compile_seconds = [r["compile_s"] for r in records if r.get("compile_s") is not None]
+    # compile_s is on every line (0 without compile=true): a run that compiled nothing has none
+    compile_seconds = [r["compile_s"] for r in records if r.get("compile_s")]
     return Run(
         name=name,
         model=str(flat.get("model.name", "model")),
