@@ -53,7 +53,7 @@ def test_console_lines_land_in_train_log_with_step0_eval_and_one_warmup_warning(
     assert proc.stdout.count("warning: optim.warmup_steps=5 >= max_steps=3") == 1
     assert "step      0/3 | eval: train loss " in proc.stdout
     assert "step      3/3 | eval: train loss " in proc.stdout
-    assert "| win " in proc.stdout
+    assert "| win " in proc.stdout and "| h warm " in proc.stdout
     log = (run / "train.log").read_text()
     for line in proc.stdout.splitlines():
         assert line in log, f"console line missing from train.log: {line}"
