@@ -2,7 +2,7 @@
 
     python train.py                                   # tiny model, Shakespeare, AdamW, CPU
     python train.py optim=sophia max_steps=400        # Sophia-G
-    torchrun --standalone --nproc_per_node=8 train.py model=gpt2-small data=openwebtext optim=sophia
+    torchrun --standalone --nproc_per_node=8 train.py experiment=gpt2-small-sophia  # 125M recipe
 
 Config: configs/train.yaml and its groups (model/, data/, optim/, experiment/); schemas in
 configs/schema.py. The run directory (Hydra's output dir) holds the resolved config,

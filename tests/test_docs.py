@@ -1,5 +1,6 @@
-"""The commands the docs show work as written: every code block of README.md and the docs pages
-is parsed, and each command is checked without running it for real.
+"""The commands the docs show work as written: every code block of README.md and the docs pages,
+and the usage lines of train.py's and the scripts' docstrings, are parsed, and each command is
+checked without running it for real.
 
 - `python train.py ...`, `torchrun ... train.py ...`, `sbatch ... train.sbatch ...`: the
   overrides compose (Hydra's compose API, as `--cfg job` would) into a valid TrainConfig.
@@ -15,6 +16,7 @@ is parsed, and each command is checked without running it for real.
 
 from __future__ import annotations
 
+import ast
 import itertools
 import re
 import shlex
@@ -79,13 +81,24 @@ def split_comment(line: str) -> tuple[str, str]:
     return line, ""
 
 
+def docstring_examples(path: Path) -> str:
+    """The indented `python ...` / `torchrun ...` usage lines of a module's docstring."""
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    lines = [line for line in doc.splitlines() if re.match(r"\s+(python|torchrun) ", line)]
+    return "\n".join(line.strip() for line in lines)
+
+
 def doc_commands() -> list[tuple[str, str, str]]:
-    """(doc, command, comment) for every shell command in the docs."""
+    """(doc, command, comment) for every shell command in the docs and in the usage lines of
+    train.py's and the scripts' docstrings."""
     found = []
     for doc in DOCS:
         for language, body in code_blocks((REPO / doc).read_text()):
             if language in ("bash", "sh", "shell"):
                 found += [(doc, command, comment) for command, comment in commands(body)]
+    for path in [REPO / "train.py", *sorted((REPO / "scripts").glob("*.py"))]:
+        doc = str(path.relative_to(REPO))
+        found += [(doc, cmd, comment) for cmd, comment in commands(docstring_examples(path))]
     return found
 
 
@@ -143,7 +156,8 @@ def check_script(words: list[str], comment: str) -> None:
     assert script.is_file(), f"{words[0]} does not exist"
     source = script.read_text()
     args = words[1:]
-    for flag in (a.split("=")[0] for a in args if a.startswith("--")):
+    options = args[: args.index("--")] if "--" in args else args  # after --: train overrides
+    for flag in (a.split("=")[0] for a in options if a.startswith("--")):
         assert f'"{flag}"' in source, f"{words[0]} has no option {flag}"
     positional = [a for a in args if not a.startswith("-")]
     name = script.stem
