@@ -106,11 +106,14 @@ def _value(value: object) -> str:
 
 
 def _varying_knobs(analysis: StudyAnalysis) -> dict[tuple[str, str], set[str]]:
-    """Per (model, optimizer), the knobs whose value differs between its settings."""
+    """Per (model, optimizer), the knobs whose value differs between its settings; a min_lr that
+    is one share of the lr everywhere (a study's min_lr fraction) is the lr's, not a knob."""
     values: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     for result in analysis.settings:
         s = result.setting
         for key, value in s.knobs:
+            if key == "min_lr" and isinstance(value, (int, float)):
+                value = f"share {value / s.lr:.9g}"
             values[(s.model, s.optimizer, key)].add(repr(value))
     varying: dict[tuple[str, str], set[str]] = defaultdict(set)
     for (model, optimizer, key), seen in values.items():

@@ -19,12 +19,14 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "analyze_study.py"
 def write_run(
     study: Path, optimizer, lr, max_steps, seed, final_loss, last_step=None, rho=None,
     seconds_per_step=0.01, win_rate=0.3, diagnostics=None, compile_s=None, tokenizer=None,
+    optim_knobs=None,
 ):  # fmt: skip
     """A run directory as Hydra and the trainer leave it; val loss falls linearly to the end.
     Sophia runs log `win_rate` and any extra `diagnostics` (metrics keys) on their train lines."""
     directory = study / f"{optimizer}_lr{lr}_steps{max_steps}_seed{seed}"
     (directory / ".hydra").mkdir(parents=True)
     optim = {"name": optimizer, "lr": lr, "warmup_steps": 10, **({"rho": rho} if rho else {})}
+    optim.update(optim_knobs or {})
     config = {"optim": optim, "max_steps": max_steps, "seed": seed, "model": {"name": "tiny"}}
     if tokenizer:
         config["data"] = {"name": "corpus", "tokenizer": tokenizer}
@@ -271,3 +273,13 @@ def test_byte_level_losses_are_shown_in_bits_per_byte(tmp_path):
     assert "in bits per byte" in report
     bits = ADAMW.loss(800) / math.log(2)
     assert f"| {bits:.3f} ± " in report
+
+
+def test_a_min_lr_that_follows_the_lr_is_not_shown_as_a_knob(tmp_path):
+    study = tmp_path / "study"
+    for lr, warmup in ((1e-3, 10), (3e-3, 20)):
+        knobs = {"min_lr": 0.05 * lr, "warmup_steps": warmup}
+        write_run(study, "adamw", lr, 200, 0, 4.0 + lr, optim_knobs=knobs)
+    runs, _ = load_study(study)
+    rows = table_rows(speedup_table(analyze(runs, n_resamples=0)))
+    assert rows[0][3] == "lr 0.001, warmup_steps 10"
