@@ -2,7 +2,7 @@
 
     python train.py                                   # tiny model, Shakespeare, AdamW, CPU
     python train.py optim=sophia max_steps=400        # Sophia-G
-    torchrun --standalone --nproc_per_node=8 train.py model=gpt2-small data=openwebtext optim=sophia
+    torchrun --standalone --nproc_per_node=8 train.py experiment=gpt2-small-sophia  # 125M recipe
 
 Config: configs/train.yaml and its groups (model/, data/, optim/, experiment/); schemas in
 configs/schema.py. The run directory (Hydra's output dir) holds the resolved config,
@@ -12,6 +12,7 @@ metrics.jsonl, run.json and checkpoints/; `resume=auto` continues a run found th
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -29,11 +30,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configs.schema import TrainConfig, describe_config_error, register_configs
 from data.batches import CorpusError, TokenWindows, load_split
+from data.config import prepare_command
 from model.gpt import GPT
 from model.mfu import mfu, peak_flops
 from optim.builder import EstimationBatch, build_optimizer
 from optim.schedule import warmup_cosine_lr
-from training import distributed
+from training import console, distributed
 from training.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -46,6 +48,7 @@ from training.metrics import MetricsLogger
 from training.timing import StepClock
 
 register_configs()
+log = logging.getLogger("train")  # console and the run dir's train.log (training/console.py)
 
 EVAL_SEED = 0  # the fixed evaluation batches, the same for every run
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -158,7 +161,9 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
 
     # Data: three independent deterministic streams over the prepared corpus.
     data_dir = Path(hydra.utils.to_absolute_path(cfg.data.dir))
-    train_tokens, val_tokens = load_split(data_dir, "train"), load_split(data_dir, "val")
+    prepare = prepare_command(cfg.data, HydraConfig.get().overrides.task)
+    train_tokens = load_split(data_dir, "train", prepare)
+    val_tokens = load_split(data_dir, "val", prepare)
     corpus_vocab = json.loads((data_dir / "meta.json").read_text()).get("vocab_size", 0)
     if corpus_vocab > cfg.model.vocab_size:
         raise RunError(
@@ -257,11 +262,13 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
         where = (
             f"resumed from {checkpoint.path} at step {start_step}" if checkpoint else "fresh start"
         )
-        print(
+        log.info(
             f"{cfg.model.name}: {raw_model.num_params() / 1e6:.2f}M params, "
             f"optim={cfg.optim.name}, "
             f"{world.world_size} x {device.type}, accumulation {accum}, {where}; run dir {run_dir}"
         )
+        if warning := console.warmup_warning(cfg.optim.warmup_steps, cfg.max_steps, cfg.optim.lr):
+            log.warning(warning)
 
     def save_checkpoint(step: int) -> None:
         meta = {
@@ -330,15 +337,15 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
     params = [p for p in raw_model.parameters()]
     bad_steps_in_a_row = 0
     step = start_step
+
+    def evaluate_and_log(step: int) -> None:
+        losses = evaluate(model, eval_windows, cfg, micro, accum, world, autocast)
+        logger.log("eval", step, {**counters_view(counters), **losses})
+        if world.is_main:
+            log.info(console.eval_line(step, cfg.max_steps, losses))
+
     if step == 0:
-        logger.log(
-            "eval",
-            0,
-            {
-                **counters_view(counters),
-                **evaluate(model, eval_windows, cfg, micro, accum, world, autocast),
-            },
-        )
+        evaluate_and_log(0)
 
     while step < cfg.max_steps:
         step_clock.start()
@@ -380,10 +387,9 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
             counters["skipped_steps"] += 1
             bad_steps_in_a_row += 1
             if world.is_main:
-                print(
+                log.warning(
                     f"step {step + 1}: non-finite loss or gradient, update skipped "
-                    f"({bad_steps_in_a_row} in a row, {counters['skipped_steps']} in all)",
-                    flush=True,
+                    f"({bad_steps_in_a_row} in a row, {counters['skipped_steps']} in all)"
                 )
         scaler.update()
         opt.zero_grad()
@@ -425,13 +431,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
                     if step > start_step
                     else 0
                 )
-                print(
-                    f"step {step:>6}/{cfg.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
-                    f"grad {grad_norm:.3f} | {tokens_per_s:,.0f} tok/s"
-                    + (f" | mfu {100 * utilisation:.1f}%" if utilisation is not None else "")
-                    + f" | eta {eta / 60:.1f} min",
-                    flush=True,
-                )
+                log.info(console.train_line(step, cfg.max_steps, record, eta))
         if not finite and bad_steps_in_a_row >= cfg.max_bad_steps:
             raise RunError(
                 f"{bad_steps_in_a_row} steps in a row had a non-finite loss or gradient (last at "
@@ -439,22 +439,15 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
                 f" or raise warmup, then resume"
             )
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-            losses = evaluate(model, eval_windows, cfg, micro, accum, world, autocast)
-            logger.log("eval", step, {**counters_view(counters), **losses})
-            if world.is_main:
-                print(
-                    f"step {step:>6}/{cfg.max_steps} | val loss {losses['val/loss']:.4f}",
-                    flush=True,
-                )
+            evaluate_and_log(step)
         stopping = stop.agreed(world)
         if step % cfg.ckpt_interval == 0 or step == cfg.max_steps or stopping:
             save_checkpoint(step)
         if stopping:
             if world.is_main:
-                print(
+                log.info(
                     f"{stop.signal_name or 'signal'} received: checkpoint at step {step} written,"
-                    f" exiting; resume=auto continues",
-                    flush=True,
+                    f" exiting; resume=auto continues"
                 )
             logger.close()
             raise SystemExit(0)
@@ -475,6 +468,7 @@ def main(dict_cfg: DictConfig) -> None:
         train(cfg, run_dir)
     except (RunError, CorpusError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        console.write_to_log_files(f"error: {err}")
         sys.exit(2)
 
 

@@ -19,6 +19,7 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import MISSING
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from configs.groups import register_help_resolver
 from data.config import DataConfig
 from model.gpt import GPTConfig
 from optim.config import OPTIM_SCHEMAS
@@ -104,6 +105,7 @@ def register_configs() -> None:
     cs.store(group="schema/data", name="base", node=DataConfig)
     for name, schema in OPTIM_SCHEMAS.items():
         cs.store(group="schema/optim", name=name, node=schema)
+    register_help_resolver()
 
 
 def describe_config_error(err: Exception) -> str:
@@ -123,10 +125,27 @@ def describe_config_error(err: Exception) -> str:
         schema = cause.object_type
         if dataclasses.is_dataclass(schema):
             valid = ", ".join(f.name for f in dataclasses.fields(schema))
-            return f"unknown key {cause.full_key}: {where or 'the top level'} has {valid}"
+            message = f"unknown key {cause.full_key}: {where or 'the top level'} has {valid}"
+            return message + _other_optimizers_hint(cause.full_key, schema)
     if cause is not None:
         return f"{_first_line(err)}: {_first_line(cause)}"
     return _first_line(err)
+
+
+def _other_optimizers_hint(full_key: str, schema: type) -> str:
+    """'; rho belongs to optim=sophia, sophiah: add optim=sophia' when an optimizer key was set
+    on an optimizer that lacks it (e.g. optim.rho with the default AdamW); else ''."""
+    group, _, key = full_key.partition(".")
+    if group != "optim" or "." in key or schema not in OPTIM_SCHEMAS.values():
+        return ""
+    owners = [
+        name
+        for name, other in OPTIM_SCHEMAS.items()
+        if any(f.name == key for f in dataclasses.fields(other))
+    ]
+    if not owners:
+        return ""
+    return f"; {key} belongs to optim={', '.join(owners)}: add optim={owners[0]}"
 
 
 def _first_line(err: BaseException) -> str:

@@ -28,50 +28,51 @@ class CorpusError(ValueError):
 # token id below its vocab_size (Shakespeare: ~3 MB, milliseconds). Larger ones (OpenWebText's
 # 17 GB train split would take minutes) are checked by size only; data.prepare verifies them.
 FULL_CHECK_MAX_BYTES = 1 << 30
-REPREPARE = "re-run `python -m data.prepare data=<name> force=true`"
+GENERIC_PREPARE = "python -m data.prepare data=<name>"
 
 
-def load_split(data_dir: str | Path, split: str) -> np.memmap:
+def load_split(data_dir: str | Path, split: str, prepare: str = GENERIC_PREPARE) -> np.memmap:
     """Memory-map `<data_dir>/<split>.bin` after checking it against meta.json.
 
     Always: the file holds exactly the token count meta.json states. Up to FULL_CHECK_MAX_BYTES
-    also the sha256 (when meta.json records it) and the token id range.
+    also the sha256 (when meta.json records it) and the token id range. `prepare` is the command
+    that makes this corpus (data.config.prepare_command), named in every error.
     """
+    reprepare = f"re-run `{prepare} force=true`"
     data_dir = Path(data_dir)
     meta_path = data_dir / "meta.json"
     path = data_dir / f"{split}.bin"
     if not meta_path.exists() or not path.exists():
-        raise CorpusError(
-            f"no prepared corpus in {data_dir}: run `python -m data.prepare data=<name>` first"
-        )
+        raise CorpusError(f"no prepared corpus in {data_dir}: run `{prepare}` first")
     try:
         meta = json.loads(meta_path.read_text())
         dtype = np.dtype(meta.get("dtype", "uint16"))
         expected = int(meta["tokens"][split])
     except (ValueError, TypeError, KeyError) as err:
-        raise CorpusError(f"{meta_path} is unreadable ({err!r}): {REPREPARE}") from None
+        raise CorpusError(f"{meta_path} is unreadable ({err!r}): {reprepare}") from None
     actual = path.stat().st_size // dtype.itemsize
     if path.stat().st_size % dtype.itemsize or actual != expected:
         raise CorpusError(
             f"{path} holds {actual} {dtype} tokens but meta.json says {expected}: the file is "
-            f"truncated or stale; {REPREPARE}"
+            f"truncated or stale; {reprepare}"
         )
     tokens = np.memmap(path, dtype=dtype, mode="r")
     if path.stat().st_size <= FULL_CHECK_MAX_BYTES:
-        check_contents(tokens, path, meta, split)
+        check_contents(tokens, path, meta, split, reprepare)
     return tokens
 
 
-def check_contents(tokens: np.ndarray, path: Path, meta: dict, split: str) -> None:
-    """The sha256 and token id range of a split agree with meta.json (reads the whole file)."""
+def check_contents(tokens: np.ndarray, path: Path, meta: dict, split: str, fix: str) -> None:
+    """The sha256 and token id range of a split agree with meta.json (reads the whole file);
+    `fix` is the advice an error ends with."""
     expected_sha = meta.get("sha256", {}).get(split)
     if expected_sha and hashlib.sha256(path.read_bytes()).hexdigest() != expected_sha:
-        raise CorpusError(f"{path} does not match the sha256 in meta.json (corrupt): {REPREPARE}")
+        raise CorpusError(f"{path} does not match the sha256 in meta.json (corrupt): {fix}")
     vocab_size = meta.get("vocab_size")
     if vocab_size and len(tokens) and (largest := int(tokens.max())) >= vocab_size:
         raise CorpusError(
             f"{path} holds token id {largest} >= meta.json's vocab_size {vocab_size} (corrupt "
-            f"or from another tokenizer): {REPREPARE}"
+            f"or from another tokenizer): {fix}"
         )
 
 

@@ -14,6 +14,8 @@ documents (rounded up), `val_docs` an exact number of documents; set exactly one
 from __future__ import annotations
 
 import re
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from omegaconf import MISSING
@@ -105,3 +107,10 @@ class DataConfig:
             )
         if self.batch_docs < 1:
             raise ValueError(f"data.batch_docs must be >= 1, got {self.batch_docs}")
+
+
+def prepare_command(cfg: DataConfig, overrides: Sequence[str] = ()) -> str:
+    """The command that prepares this run's corpus: `python -m data.prepare data=<name>` with the
+    run's own `data.*` command-line overrides (data.dir, data.files, ...), ready to paste."""
+    data_overrides = [shlex.quote(o) for o in overrides if o.startswith("data.")]
+    return " ".join(["python -m data.prepare", f"data={cfg.name}", *data_overrides])

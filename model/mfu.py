@@ -20,7 +20,7 @@ GPU_BF16_PEAK_FLOPS = (
     ("4090", 165e12),
     ("3090", 71e12),
 )
-# Measured on this project's 2-core CI machines (shared/REFERENCE.md): a 2048^2 bf16 matmul.
+# Measured on this project's 2-core CI machines: a 2048^2 bf16 matmul (docs/results/performance.md).
 CPU_BF16_PEAK_FLOPS = 910e9
 
 

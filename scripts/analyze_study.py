@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from study.plots import write_all_plots  # noqa: E402
-from study.report import render_report, speedup_table, verdict  # noqa: E402
+from study.report import render_report, speedup_table, verdict, wall_clock_caveats  # noqa: E402
 from study.runs import UNITS, load_study, load_wandb_study  # noqa: E402
 from study.speedup import analyze  # noqa: E402
 
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     print(verdict(analysis))
     for note in analysis.notes:
         print(f"note: {note}")
+    for caveat in wall_clock_caveats(analysis):
+        print(f"wall-clock: {caveat}")
     print(f"\nwrote {report_path} and {len(figures)} figures under {args.out}")
     return 0
 

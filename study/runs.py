@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,15 @@ _NOT_KNOBS = ("optim.name", "optim.lr")
 _GLOBAL_KNOBS = ("batch_size", "block_size")
 # run.json facts looked up in a W&B run's summary when the config has no `run` section.
 _FACT_KEYS = ("params", "flops_per_token", "tokens_per_step", "world_size")
+# Optimizer diagnostics kept as curves (train lines), when the optimizer logs them: Sophia's win
+# rate overall and per parameter group, and the share of h warmed up (1 - beta2^refreshes).
+DIAGNOSTICS = (
+    "optim/win_rate",
+    "optim/win_rate_matrices",
+    "optim/win_rate_embeddings",
+    "optim/win_rate_vectors",
+    "optim/hessian_warmed",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +73,10 @@ class Run:
     hess_flops: float  # final cumulative FLOPs spent estimating the Hessian
     hess_seconds: float  # final cumulative seconds spent estimating the Hessian
     facts: Mapping[str, Any]  # run.json
+    diagnostics: Mapping[str, Curve] = field(default_factory=dict)  # DIAGNOSTICS it logged
+    compile_seconds: float | None = None  # one-time torch.compile seconds (`compile_s`), if any
+    compiled: bool = False  # the run's config had compile=true
+    tokenizer: str = "gpt2"  # data.tokenizer: gpt2 (BPE tokens) or bytes (one token per byte)
 
     @property
     def finished(self) -> bool:
@@ -157,6 +170,9 @@ def run_from_records(
     trains = [r for r in records if _event_of(r) == "train"]
     win_rate = _curve(trains, "optim/win_rate") if trains else None
     last_train = max(trains, key=lambda r: r["step"]) if trains else {}
+    diagnostics = {key: _curve(trains, key) for key in DIAGNOSTICS}
+    # compile_s is on every line (0 without compile=true): a run that compiled nothing has none
+    compile_seconds = [r["compile_s"] for r in records if r.get("compile_s")]
     return Run(
         name=name,
         model=str(flat.get("model.name", "model")),
@@ -170,6 +186,10 @@ def run_from_records(
         hess_flops=_as_float(last_train.get("hess/flops", 0.0)),
         hess_seconds=_as_float(last_train.get("hess/time_s", 0.0)),
         facts=dict(facts),
+        diagnostics={key: curve for key, curve in diagnostics.items() if len(curve)},
+        compile_seconds=float(max(compile_seconds)) if compile_seconds else None,
+        tokenizer=str(flat.get("data.tokenizer") or "gpt2"),
+        compiled=bool(flat.get("compile", False)),
     )
 
 

@@ -72,7 +72,7 @@ def existing_run(case: Path, corpus: Path, reference: Path) -> None:
 
 
 CASES = [
-    ("unknown-optimizer", ["optim=adamx"], None, "choose one of adahessian, adamw, lion, sophia"),
+    ("unknown-optimizer", ["optim=adamx"], None, "choose one of adahessian, adamw, lion"),
     ("unknown-model", ["model=gpt5"], None, "choose one of gpt2-large"),
     ("unknown-key", ["optim.lrr=1e-3"], None, "unknown key optim.lrr: optim has name, lr,"),
     ("unknown-top-level-key", ["max_step=5"], None, "unknown key max_step: the top level has"),

@@ -143,3 +143,24 @@ def test_keep_finished_names_runs_without_evals(tmp_path):
     finished, warnings = keep_finished([run, empty])
     assert finished == [run]
     assert warnings == ["skipping unfinished run empty (no eval yet of 100)"]
+
+
+def test_diagnostics_compile_time_and_tokenizer_are_read(tmp_path):
+    lines = metrics()
+    for i, line in enumerate(lines):
+        line["compile_s"] = 0.0 if i == 0 else 21.5  # cumulative, as train.py logs it
+        if line["event"] == "train":
+            line.update({"optim/win_rate_matrices": 0.2, "optim/hessian_warmed": 0.5})
+    config = {**CONFIG, "data": {"name": "shakespeare_bytes", "tokenizer": "bytes"}}
+    (run,), _ = load_study(write_run(tmp_path / "study" / "run", config=config, lines=lines).parent)
+    assert run.compile_seconds == 21.5 and run.tokenizer == "bytes"
+    assert set(run.diagnostics) == {
+        "optim/win_rate", "optim/win_rate_matrices", "optim/hessian_warmed",
+    }  # fmt: skip
+    assert np.allclose(run.diagnostics["optim/hessian_warmed"].value, 0.5)
+
+
+def test_a_run_that_compiled_nothing_has_no_compile_time(tmp_path):
+    lines = [{**line, "compile_s": 0.0} for line in metrics()]
+    (run,), _ = load_study(write_run(tmp_path / "study" / "run", lines=lines).parent)
+    assert run.compile_seconds is None and run.tokenizer == "gpt2"
