@@ -117,6 +117,13 @@ def settings_for(args: argparse.Namespace, trained: TrainedModel) -> dict[str, A
 
 def check_fits(trained: TrainedModel, meta: dict, settings: dict, data: Path) -> None:
     """The corpus's tokens mean to the model what they meant in training; the context fits."""
+    corpus_tokenizer = meta.get("tokenizer")
+    known = corpus_tokenizer in TOKENIZERS and trained.tokenizer in TOKENIZERS
+    if known and corpus_tokenizer != trained.tokenizer:
+        raise ValueError(
+            f"{data} is tokenized with {corpus_tokenizer}, the model was trained on "
+            f"{trained.tokenizer} tokens: prepare one with data.tokenizer={trained.tokenizer}"
+        )
     config = trained.model.config
     if settings["block_size"] > config.block_size:
         raise ValueError(
@@ -127,13 +134,6 @@ def check_fits(trained: TrainedModel, meta: dict, settings: dict, data: Path) ->
         raise ValueError(
             f"{data} uses {meta['vocab_size']} token ids, the model has {config.vocab_size}: "
             f"the corpus was prepared with another tokenizer than the model's"
-        )
-    corpus_tokenizer = meta.get("tokenizer")
-    known = corpus_tokenizer in TOKENIZERS and trained.tokenizer in TOKENIZERS
-    if known and corpus_tokenizer != trained.tokenizer:
-        raise ValueError(
-            f"{data} is tokenized with {corpus_tokenizer}, the model was trained on "
-            f"{trained.tokenizer} tokens: prepare one with data.tokenizer={trained.tokenizer}"
         )
     batch, micro = settings["batch_size"], settings["micro_batch_size"]
     if batch % micro:
