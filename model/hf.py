@@ -1,4 +1,7 @@
-"""Conversion between our GPT and Hugging Face's GPT2LMHeadModel, both ways, and checkpoint loading.
+"""Conversion between our GPT and Hugging Face's GPT2LMHeadModel, both ways, and loading either.
+
+`load_model_from_checkpoint` reads a checkpoint of ours, `load_hf_model` a local HF GPT-2 folder,
+and `import_hf_weights` copies such a folder into a model built from our config (`init_from`).
 
 The two are the same network with different storage:
 - HF keeps its projections in `Conv1D`, which computes x @ W + b with W of shape (in, out): the
@@ -239,24 +242,27 @@ def import_hf_weights(model: GPT, folder: str | Path) -> None:
     """
     source = from_hf(load_hf_model(folder))
     ours, theirs = model.config, source.config
-    problems = [
-        f"{key}={getattr(theirs, key)} (model.{key}={getattr(ours, key)})"
-        for key in ("n_layer", "n_head", "n_embd", "scale_attn_by_inverse_layer_idx")
-        if getattr(theirs, key) != getattr(ours, key)
-    ]
+    problems, fixes = [], []  # what differs, and the override that makes the model fit
+    for key in ("n_layer", "n_head", "n_embd", "scale_attn_by_inverse_layer_idx"):
+        if getattr(theirs, key) != getattr(ours, key):
+            problems.append(f"{key}={getattr(theirs, key)} (model.{key}={getattr(ours, key)})")
+            fixes.append(f"model.{key}={str(getattr(theirs, key)).lower()}")
     if theirs.vocab_size > ours.vocab_size:
         problems.append(f"vocab_size={theirs.vocab_size} (model.vocab_size={ours.vocab_size})")
+        fixes.append(f"model.vocab_size={theirs.vocab_size}")
     if theirs.block_size < ours.block_size:
         problems.append(f"n_positions={theirs.block_size} (model.block_size={ours.block_size})")
+        fixes.append(f"model.block_size={theirs.block_size}")
     weights = source.state_dict()
     if not ours.bias:
         nonzero = [k for k, v in weights.items() if k.endswith(".bias") and v.any()]
         if nonzero:
             problems.append(f"non-zero biases such as {nonzero[0]} (model.bias=false drops them)")
+            fixes.append("model.bias=true")
     if problems:
         raise ValueError(
             f"init_from={folder} does not fit model={ours.name}: {'; '.join(problems)}; "
-            f"choose the model= of that shape or set the model.<key> overrides above"
+            f"set {' '.join(fixes)} or pick the model= of that shape"
         )
     with torch.no_grad():
         for key, target in model.state_dict().items():  # shares storage with the parameters
