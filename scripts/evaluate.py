@@ -73,17 +73,18 @@ def run_config(run: str | Path) -> dict[str, Any]:
         config = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"))
     if config is None:
         raise ValueError(f"--like {run}: no run config there (checkpoints/ or .hydra/config.yaml)")
-    micro = run_micro_batch_size(run)
-    return {**config, "micro_batch_size": micro or config.get("micro_batch_size")}
+    return with_run_micro_batch(config, run)
 
 
-def run_micro_batch_size(path: Path) -> int | None:
-    """The per-rank micro batch a run used (run.json), so the batches split as its eval did."""
+def with_run_micro_batch(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The config with the per-rank micro batch the run used (run.json, beside its checkpoints/),
+    so each batch splits into the micro-batches its evaluation summed."""
     for directory in (path, *path.parents[:3]):
         facts = directory / "run.json"
         if facts.is_file():
-            return json.loads(facts.read_text()).get("micro_batch_size")
-    return None
+            micro = json.loads(facts.read_text()).get("micro_batch_size")
+            return {**config, "micro_batch_size": micro}
+    return config
 
 
 def settings_for(args: argparse.Namespace, trained: TrainedModel) -> dict[str, Any]:
@@ -92,11 +93,7 @@ def settings_for(args: argparse.Namespace, trained: TrainedModel) -> dict[str, A
     if args.like:
         source = run_config(args.like)
     elif trained.train_config is not None:
-        source = {
-            **trained.train_config,
-            "micro_batch_size": run_micro_batch_size(trained.path)
-            or trained.train_config.get("micro_batch_size"),
-        }
+        source = with_run_micro_batch(trained.train_config, trained.path)
     else:
         source = {}
     defaults = TrainConfig.__dataclass_fields__
@@ -111,7 +108,10 @@ def settings_for(args: argparse.Namespace, trained: TrainedModel) -> dict[str, A
         raise ValueError(
             f"{trained.path} names no corpus: give --data DIR (a prepared corpus) or --like RUN"
         )
-    settings["micro_batch_size"] = settings["micro_batch_size"] or settings["batch_size"]
+    micro = settings["micro_batch_size"] or settings["batch_size"]
+    if args.batch_size is not None and args.micro_batch_size is None:
+        micro = math.gcd(micro, args.batch_size)  # a new batch size: the run's micro or less
+    settings["micro_batch_size"] = micro
     return settings
 
 
