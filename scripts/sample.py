@@ -81,7 +81,10 @@ def sample(args: argparse.Namespace) -> None:
             f"cannot tell the tokenizer of {trained.path} (vocab "
             f"{trained.model.config.vocab_size}): pass --tokenizer gpt2 or --tokenizer bytes"
         )
-    tokenizer = load_tokenizer(name)
+    try:
+        tokenizer = load_tokenizer(name)
+    except RuntimeError as err:  # no GPT-2 BPE files here: its message says what to install
+        raise ValueError(str(err)) from None
     text = args.prompt_file.read_text() if args.prompt_file else args.prompt
     ids = prompt_ids(text, tokenizer, trained)
 
