@@ -32,6 +32,7 @@ from configs.schema import TrainConfig, describe_config_error, register_configs
 from data.batches import CorpusError, TokenWindows, load_split
 from data.config import prepare_command
 from model.gpt import GPT
+from model.hf import import_hf_weights
 from model.mfu import mfu, peak_flops
 from optim.builder import EstimationBatch, build_optimizer
 from optim.schedule import warmup_cosine_lr
@@ -44,13 +45,13 @@ from training.checkpoint import (
     restore_rng,
 )
 from training.distributed import Distributed
+from training.evaluate import evaluate, evaluation_windows
 from training.metrics import MetricsLogger
 from training.timing import StepClock
 
 register_configs()
 log = logging.getLogger("train")  # console and the run dir's train.log (training/console.py)
 
-EVAL_SEED = 0  # the fixed evaluation batches, the same for every run
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -122,27 +123,6 @@ def check_compatible(meta: dict, cfg: TrainConfig, path: Path) -> None:
         )
 
 
-@torch.no_grad()
-def evaluate(model, windows: dict[str, TokenWindows], cfg, micro, accum, world, autocast) -> dict:
-    """Mean loss over the fixed batches 0..eval_iters-1 of each split (world-size independent)."""
-    model.eval()
-    result = {}
-    for split, source in windows.items():
-        total = torch.zeros(1, device=world.device)
-        for batch_index in range(cfg.eval_iters):
-            for micro_step in range(accum):
-                x, y = source.micro_batch(
-                    batch_index, cfg.batch_size, micro, micro_step, world.rank, world.world_size
-                )
-                with autocast():
-                    _, loss = model(x.to(world.device), y.to(world.device))
-                total += loss.float()
-        world.all_reduce_mean(total)
-        result[f"{split}/loss"] = total.item() / (cfg.eval_iters * accum)
-    model.train()
-    return result
-
-
 def train(cfg: TrainConfig, run_dir: Path) -> None:
     world = distributed.setup(cfg.device)
     try:
@@ -172,12 +152,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
         )
     train_windows = TokenWindows(train_tokens, cfg.block_size, cfg.seed, "train")
     hessian_windows = TokenWindows(train_tokens, cfg.block_size, cfg.seed, "hessian")
-    # Evaluation batches do not depend on the run's seed: every run of a study (any optimizer,
-    # any seed) is scored on the same sequences, so seed-to-seed spread is training noise only.
-    eval_windows = {
-        "val": TokenWindows(val_tokens, cfg.block_size, EVAL_SEED, "val"),
-        "train": TokenWindows(train_tokens, cfg.block_size, EVAL_SEED, "val"),
-    }
+    eval_windows = evaluation_windows(train_tokens, val_tokens, cfg.block_size)
 
     # Model and optimizer. The seed is the same on every rank: DDP starts from identical weights.
     torch.manual_seed(cfg.seed)
@@ -222,6 +197,8 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
         counters.update(checkpoint.meta["counters"])
         wandb_run_id = checkpoint.meta.get("wandb_run_id")
     if checkpoint is None:
+        if cfg.init_from:  # a fresh run only: a resumed one continues from its own checkpoint
+            import_hf_weights(raw_model, hydra.utils.to_absolute_path(cfg.init_from))
         torch.manual_seed(cfg.seed + world.rank)  # dropout masks differ per rank
     start_step = counters["step"]
 
@@ -339,7 +316,9 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
     step = start_step
 
     def evaluate_and_log(step: int) -> None:
-        losses = evaluate(model, eval_windows, cfg, micro, accum, world, autocast)
+        losses = evaluate(
+            model, eval_windows, cfg.batch_size, cfg.eval_iters, micro, accum, world, autocast
+        )
         logger.log("eval", step, {**counters_view(counters), **losses})
         if world.is_main:
             log.info(console.eval_line(step, cfg.max_steps, losses))

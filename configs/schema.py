@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -70,6 +71,7 @@ class TrainConfig:
     ckpt_interval: int = 1000
     ckpt_keep: int = 2
     resume: str = "auto"  # auto | never | a checkpoint or run directory
+    init_from: str | None = None  # a local Hugging Face GPT-2 folder: a fresh run starts from it
     max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
 
     def __post_init__(self) -> None:
@@ -96,6 +98,11 @@ class TrainConfig:
             )
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+        if self.init_from is not None and not (Path(self.init_from) / "config.json").is_file():
+            raise ValueError(
+                f"init_from={self.init_from} is not a Hugging Face GPT-2 folder (no config.json):"
+                f" give a folder save_pretrained wrote (a downloaded GPT-2, scripts/export_hf.py)"
+            )
 
 
 def register_configs() -> None:

