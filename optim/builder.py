@@ -200,7 +200,7 @@ def _build(
         )  # fmt: skip
         return TrainingOptimizer(optimizer, step_flops=optimizer.newton_schulz_flops())
     if isinstance(cfg, LionConfig):
-        return TrainingOptimizer(Lion(groups, lr=cfg.lr, betas=betas))
+        return TrainingOptimizer(Lion(groups, lr=cfg.lr, betas=betas, compiled=cfg.compiled))
     # SophiaHConfig subclasses SophiaConfig: test it first.
     if isinstance(cfg, SophiaHConfig):
         # Hutchinson estimates the Hessian of the mean loss itself, with no batch-size factor, so
@@ -216,7 +216,7 @@ def _build(
     if isinstance(cfg, AdaHessianConfig):
         optimizer = AdaHessian(
             groups, lr=cfg.lr, betas=betas, eps=cfg.eps, hessian_power=cfg.hessian_power,
-            block_length=cfg.block_length,
+            block_length=cfg.block_length, compiled=cfg.compiled,
         )  # fmt: skip
         return TrainingOptimizer(
             optimizer, Hutchinson(cfg.n_probes), cfg.hess_interval, refresh_before_step=True
