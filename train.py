@@ -338,7 +338,7 @@ def _train(cfg: TrainConfig, run_dir: Path, world: Distributed) -> None:
         )
         opt.set_lr(lr)
         hess_stats = {}
-        if opt.needs_initial_hessian():  # AdaHessian divides by its estimate from the first step
+        if opt.refreshes_hessian_before(step):  # AdaHessian: from its first step on
             hess_stats = refresh_hessian(step)
 
         # Forward/backward over the micro-batches; DDP syncs gradients on the last one only.

@@ -30,7 +30,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from optim.common import check_hyperparameters, estimates_by_group, group_by_device_and_dtype
+from optim.common import (
+    check_hyperparameters,
+    estimates_by_group,
+    group_by_device,
+    group_by_device_and_dtype,
+)
+from optim.compiled import resolve_compiled, run_compiled, scalar
 
 
 def spatial_average(diagonal: Tensor, block_length: int | None) -> Tensor:
@@ -64,12 +70,22 @@ def adahessian_update(
     weight_decay: float,
     hessian_power: float,
     foreach: bool = True,
+    compiled: bool = False,
 ) -> None:
-    """One AdaHessian step on lists of tensors, in place (see the module docstring for the rule)."""
+    """One AdaHessian step on lists of tensors, in place (see the module docstring for the rule).
+
+    Paths: single-tensor (the reference loop), multi-tensor (`torch._foreach_*`) and `compiled`,
+    the whole step as one torch.compile graph (multi-tensor where compile fails).
+    """
     if not params:
         return
     torch._foreach_add_(state_steps, 1.0)
-    impl = _multi_tensor_adahessian_update if foreach else _single_tensor_adahessian_update
+    if compiled:
+        impl = _compiled_adahessian_update
+    elif foreach:
+        impl = _multi_tensor_adahessian_update
+    else:
+        impl = _single_tensor_adahessian_update
     impl(
         params, grads, exp_avgs, exp_hessian_diag_sqs, state_steps, hessian_steps, lr=lr,
         beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, hessian_power=hessian_power,
@@ -116,11 +132,64 @@ def _multi_tensor_adahessian_update(
         torch._foreach_addcdiv_(device_params, device_exp_avgs, denom, step_sizes)
 
 
+def _fused_adahessian_body(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_hessian_diag_sqs: list[Tensor],
+    corrections1: Tensor,
+    corrections2: Tensor,
+    lr: Tensor,
+    decay: Tensor,
+    beta1: float,
+    eps: float,
+    hessian_power: float,
+) -> None:
+    """The whole update as one graph for torch.compile: θ, g, m, v read once, θ and m written
+    once (6 tensors of traffic to fused AdamW's 7). corrections1/2[i]: 1 − β1^t and 1 − β2^r of
+    tensor i; decay: 1 − lr·wd. The arithmetic follows the eager step's order (m/denom, then
+    times the step size) so the two agree to rounding."""
+    for i, (param, grad, exp_avg, square) in enumerate(
+        zip(params, grads, exp_avgs, exp_hessian_diag_sqs, strict=True)
+    ):
+        exp_avg.lerp_(grad, 1 - beta1)
+        hessian = (square / corrections2[i]).sqrt()
+        if hessian_power != 1:
+            hessian = hessian.pow(hessian_power)
+        param.copy_(param * decay - (lr / corrections1[i]) * (exp_avg / (hessian + eps)))
+
+
+def _compiled_adahessian_update(
+    params, grads, exp_avgs, exp_hessian_diag_sqs, state_steps, hessian_steps, *, lr, beta1,
+    beta2, eps, weight_decay, hessian_power,
+) -> None:  # fmt: skip
+    for indices in group_by_device(params).values():
+        device = params[indices[0]].device
+        tensors = [[t[i] for i in indices] for t in (params, grads, exp_avgs, exp_hessian_diag_sqs)]
+        # In float64, rounded once, as the eager step's Python-float corrections are.
+        steps = torch.stack([state_steps[i] for i in indices]).double()
+        refreshes = torch.stack([hessian_steps[i] for i in indices]).double()
+        corrections1 = (1 - beta1**steps).float().to(device)
+        corrections2 = (1 - beta2**refreshes).float().to(device)
+        if run_compiled(
+            _fused_adahessian_body, *tensors, corrections1, corrections2, scalar(lr, device),
+            scalar(1 - lr * weight_decay, device), beta1, eps, hessian_power,
+        ):  # fmt: skip
+            continue
+        _multi_tensor_adahessian_update(
+            *tensors, [state_steps[i] for i in indices], [hessian_steps[i] for i in indices],
+            lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+            hessian_power=hessian_power,
+        )  # fmt: skip
+
+
 class AdaHessian(Optimizer):
     """AdaHessian with an external Hutchinson estimate, refreshed through `update_hessian`.
 
     State keys: `step`, `hessian_step` (refresh count), `exp_avg`, `exp_hessian_diag_sq`.
-    Nothing is tied to a device; each param group is handled on its own.
+    Nothing is tied to a device; each param group is handled on its own. `compiled` None
+    (default): torch.compile the step on first use when the parameters hold >= 8M elements
+    (optim/compiled.py), True / False: always / never; `foreach=False`: the reference loop.
     """
 
     def __init__(
@@ -134,6 +203,7 @@ class AdaHessian(Optimizer):
         block_length: int | None = 32,
         *,
         foreach: bool | None = None,
+        compiled: bool | None = None,
     ) -> None:
         check_hyperparameters(lr, betas, weight_decay)
         if not eps > 0.0:
@@ -150,6 +220,7 @@ class AdaHessian(Optimizer):
             hessian_power=hessian_power,
             block_length=block_length,
             foreach=foreach,
+            compiled=compiled,
         )
         super().__init__(params, defaults)
 
@@ -157,6 +228,7 @@ class AdaHessian(Optimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("foreach", None)
+            group.setdefault("compiled", None)
 
     def _init_state(self, p: Tensor) -> dict:
         """The only place state is created (lazily, on the first refresh or step)."""
@@ -199,6 +271,7 @@ class AdaHessian(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        every_param = [p for group in self.param_groups for p in group["params"]]
         for group in self.param_groups:
             params, grads, exp_avgs, squares, steps, hessian_steps = [], [], [], [], [], []
             for p in group["params"]:
@@ -234,6 +307,7 @@ class AdaHessian(Optimizer):
                 weight_decay=group["weight_decay"],
                 hessian_power=group["hessian_power"],
                 foreach=group["foreach"] is not False,
+                compiled=resolve_compiled(group["compiled"], group["foreach"], every_param),
             )
         return loss
 

@@ -56,8 +56,9 @@ class TrainingOptimizer:
     estimator: Any = None  # an optim.hessian estimator, or None for first-order rules
     hess_interval: int = 0
     step_kwargs: dict[str, Any] = field(default_factory=dict)
-    # AdaHessian divides by its Hessian from the first step on (Sophia starts with h = 0).
-    hessian_before_first_step: bool = False
+    # AdaHessian divides by its Hessian from the first step on (Sophia starts with h = 0), so it
+    # refreshes before its steps, at the weights the step uses; Sophia refreshes after them.
+    refresh_before_step: bool = False
     step_flops: float = 0.0  # compute of one update itself when not negligible (Muon's NS)
     # {id(param): "embeddings" | "matrices" | "vectors"}, for per-kind diagnostics
     parameter_kinds: dict[int, str] = field(default_factory=dict)
@@ -75,13 +76,17 @@ class TrainingOptimizer:
             group["lr"] = lr * group.get("lr_ratio", 1.0)
 
     def refreshes_hessian(self, step: int) -> bool:
-        """True after optimizer step `step` (0-based) at k-1, 2k-1, ... as the official loop."""
-        return self.estimator is not None and step % self.hess_interval == self.hess_interval - 1
+        """True after optimizer step `step` (0-based) at k-1, 2k-1, ... as the official Sophia
+        loop does (Sophia's first k steps are sign steps with h = 0)."""
+        if self.estimator is None or self.refresh_before_step:
+            return False
+        return step % self.hess_interval == self.hess_interval - 1
 
-    def needs_initial_hessian(self) -> bool:
-        """True before the first update of a rule that needs an estimate for it (AdaHessian):
-        refresh once before that step. False after a resume (the state holds the estimate)."""
-        return self.hessian_before_first_step and not self.optimizer.state
+    def refreshes_hessian_before(self, step: int) -> bool:
+        """True before optimizer step `step` at 0, k, 2k, ... for a rule that needs an estimate
+        from its first update on (AdaHessian): each refresh is estimated at the weights of the
+        step that uses it, once per k steps (with k = 1, exactly one refresh per step)."""
+        return self.refresh_before_step and step % self.hess_interval == 0
 
     def refresh_hessian(self, batch: EstimationBatch) -> dict[str, float]:
         stats = self.estimator.refresh(batch, self.optimizer)
@@ -195,7 +200,7 @@ def _build(
         )  # fmt: skip
         return TrainingOptimizer(optimizer, step_flops=optimizer.newton_schulz_flops())
     if isinstance(cfg, LionConfig):
-        return TrainingOptimizer(Lion(groups, lr=cfg.lr, betas=betas))
+        return TrainingOptimizer(Lion(groups, lr=cfg.lr, betas=betas, compiled=cfg.compiled))
     # SophiaHConfig subclasses SophiaConfig: test it first.
     if isinstance(cfg, SophiaHConfig):
         # Hutchinson estimates the Hessian of the mean loss itself, with no batch-size factor, so
@@ -211,9 +216,9 @@ def _build(
     if isinstance(cfg, AdaHessianConfig):
         optimizer = AdaHessian(
             groups, lr=cfg.lr, betas=betas, eps=cfg.eps, hessian_power=cfg.hessian_power,
-            block_length=cfg.block_length,
+            block_length=cfg.block_length, compiled=cfg.compiled,
         )  # fmt: skip
         return TrainingOptimizer(
-            optimizer, Hutchinson(cfg.n_probes), cfg.hess_interval, hessian_before_first_step=True
+            optimizer, Hutchinson(cfg.n_probes), cfg.hess_interval, refresh_before_step=True
         )
     raise ValueError(f"optim={cfg.name} has no builder: add a branch to optim/builder.py")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 
@@ -52,4 +53,12 @@ def group_by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple, list[int]]:
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault((t.device, t.dtype), []).append(i)
+    return groups
+
+
+def group_by_device(tensors: list[Tensor]) -> dict[torch.device, list[int]]:
+    """Indices of `tensors` grouped by device: one compiled graph per device (it mixes dtypes)."""
+    groups: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(t.device, []).append(i)
     return groups

@@ -79,6 +79,8 @@ class LionConfig(OptimConfig):
     # lr·wd kept equal to AdamW's 6e-4 x 0.1 (the Lion paper's advice: wd 3-10x AdamW's).
     weight_decay: float = 0.6
     betas: list[float] = field(default_factory=lambda: [0.95, 0.98])
+    # None: torch.compile the update step when the model has >= 8M parameters (optim/compiled.py)
+    compiled: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -116,7 +118,8 @@ class SophiaConfig(SecondOrderConfig):
     weight_decay: float = 0.2
     betas: list[float] = field(default_factory=lambda: [0.965, 0.99])
     rho: float = 0.05  # multiplies bs·h, bs = tokens in the global batch
-    compiled: bool = False  # torch.compile the update (≈ 20 s once; faster step on CPU)
+    # None: torch.compile the update step when the model has >= 8M parameters (optim/compiled.py)
+    compiled: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -158,6 +161,8 @@ class AdaHessianConfig(SecondOrderConfig):
     block_length: int = 32  # spatial averaging along the last dim; 0 averages whole rows
     hess_interval: int = 1
     n_probes: int = 1  # Hutchinson probes per micro-batch (the paper uses one)
+    # None: torch.compile the update step when the model has >= 8M parameters (optim/compiled.py)
+    compiled: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

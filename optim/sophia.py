@@ -28,7 +28,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from optim.common import check_hyperparameters, estimates_by_group, group_by_device_and_dtype
+from optim.common import (
+    check_hyperparameters,
+    estimates_by_group,
+    group_by_device,
+    group_by_device_and_dtype,
+)
+from optim.compiled import resolve_compiled, run_compiled, scalar
 
 # The official denominator's guard against h = 0: until the first refresh every step is a sign step.
 SOPHIA_EPS = 1e-15
@@ -61,25 +67,15 @@ def sophia_update(
     `bias_correction` divides m by (1 − β1^t) in the update (Sophia-H, Levanter);
     `nonnegative_hessian` uses max(h, 0) in the denominator (Sophia-H: Hutchinson can be negative).
     Paths: single-tensor (the reference, a loop like the official code), multi-tensor
-    (`torch._foreach_*`, the default) and a `torch.compile`d multi-tensor step (opt-in).
+    (`torch._foreach_*`) and `compiled`: the whole step as one torch.compile graph
+    (optim/compiled.py; where compile fails it warns once and takes the multi-tensor path).
     """
     if not params:
         return
     if maximize:
         grads = torch._foreach_neg(grads) if foreach or compiled else [-g for g in grads]
     torch._foreach_add_(state_steps, 1.0)
-    if compiled:
-        impl = _compiled_sophia_update
-    elif foreach:
-        impl = _multi_tensor_sophia_update
-    else:
-        impl = _single_tensor_sophia_update
-    impl(
-        params,
-        grads,
-        exp_avgs,
-        hessians,
-        state_steps,
+    kwargs = dict(
         lr=lr,
         beta1=beta1,
         rho_bs=rho * bs,
@@ -87,6 +83,13 @@ def sophia_update(
         bias_correction=bias_correction,
         nonnegative_hessian=nonnegative_hessian,
     )
+    if compiled:
+        impl = _compiled_sophia_update
+    elif foreach:
+        impl = _multi_tensor_sophia_update
+    else:
+        impl = _single_tensor_sophia_update
+    impl(params, grads, exp_avgs, hessians, state_steps, **kwargs)
 
 
 def _momentum_scales(state_steps: list[Tensor], beta1: float, bias_correction: bool) -> list[float]:
@@ -149,16 +152,16 @@ def _fused_sophia_body(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     hessians: list[Tensor],
-    scales: list[Tensor] | None,
+    scales: Tensor | None,
     lr: Tensor,
+    decay: Tensor,
     rho_bs: Tensor,
     beta1: float,
-    weight_decay: float,
     nonnegative_hessian: bool,
 ) -> None:
     """The whole update as one graph for torch.compile: each tensor is read and written once.
-    `scales` (bias correction, Sophia-H) is None for Sophia-G: no multiply, no per-step tensors."""
-    decay = 1 - lr * weight_decay
+    `scales` (bias correction, Sophia-H: one entry per tensor) is None for Sophia-G: no multiply,
+    no per-step tensors. decay: 1 − lr·wd."""
     for i, (param, grad, exp_avg, hessian) in enumerate(
         zip(params, grads, exp_avgs, hessians, strict=True)
     ):
@@ -170,36 +173,31 @@ def _fused_sophia_body(
         param.copy_(param * decay - lr * ratio)
 
 
-_compiled_body: Callable | None = None
-
-
 def _compiled_sophia_update(
     params, grads, exp_avgs, hessians, state_steps, *, lr, beta1, rho_bs, weight_decay,
     bias_correction, nonnegative_hessian,
 ) -> None:  # fmt: skip
-    global _compiled_body
-    if _compiled_body is None:
-        # Compiled once per process, on first use (~20 s on CPU); later steps reuse the kernels.
-        # lr and ρ·bs go in as tensors so a learning-rate schedule does not trigger recompiles.
-        _compiled_body = torch.compile(_fused_sophia_body, fullgraph=True, dynamic=False)
-    for indices in group_by_device_and_dtype(params).values():
+    """The compiled step, one graph per device; a device whose graph failed to compile takes the
+    multi-tensor path (the failure happens before anything is updated)."""
+    for indices in group_by_device(params).values():
         device = params[indices[0]].device
+        tensors = [[t[i] for i in indices] for t in (params, grads, exp_avgs, hessians)]
         scales = None
         if bias_correction:
-            steps = [state_steps[i] for i in indices]
-            scales = [torch.tensor(s, device=device) for s in _momentum_scales(steps, beta1, True)]
-        _compiled_body(
-            [params[i] for i in indices],
-            [grads[i] for i in indices],
-            [exp_avgs[i] for i in indices],
-            [hessians[i] for i in indices],
-            scales,
-            torch.tensor(lr, device=device),
-            torch.tensor(rho_bs, device=device),
-            beta1,
-            weight_decay,
+            # In float64, rounded once, as the eager step's Python-float scales are.
+            steps = torch.stack([state_steps[i] for i in indices]).double()
+            scales = (1.0 / (1.0 - beta1**steps)).float().to(device)
+        if run_compiled(
+            _fused_sophia_body, *tensors, scales, scalar(lr, device),
+            scalar(1 - lr * weight_decay, device), scalar(rho_bs, device), beta1,
             nonnegative_hessian,
-        )
+        ):  # fmt: skip
+            continue
+        _multi_tensor_sophia_update(
+            *tensors, [state_steps[i] for i in indices], lr=lr, beta1=beta1, rho_bs=rho_bs,
+            weight_decay=weight_decay, bias_correction=bias_correction,
+            nonnegative_hessian=nonnegative_hessian,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +221,7 @@ class _Sophia(Optimizer):
         maximize: bool,
         capturable: bool,
         foreach: bool | None,
-        compiled: bool,
+        compiled: bool | None,
     ) -> None:
         check_hyperparameters(lr, betas, weight_decay)
         if not rho >= 0.0:
@@ -249,7 +247,7 @@ class _Sophia(Optimizer):
             group.setdefault("maximize", False)
             group.setdefault("capturable", False)
             group.setdefault("foreach", None)
-            group.setdefault("compiled", False)
+            group.setdefault("compiled", None)
         self.__dict__.setdefault("_last_step", {})
 
     def _init_state(self, p: Tensor, capturable: bool) -> dict:
@@ -303,6 +301,7 @@ class _Sophia(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        every_param = [p for group in self.param_groups for p in group["params"]]
         for index, group in enumerate(self.param_groups):
             params, grads, exp_avgs, hessians, steps = [], [], [], [], []
             for p in group["params"]:
@@ -332,7 +331,7 @@ class _Sophia(Optimizer):
                 bias_correction=self._bias_correction,
                 nonnegative_hessian=self._nonnegative_hessian,
                 foreach=group["foreach"] is not False,
-                compiled=group["compiled"],
+                compiled=resolve_compiled(group["compiled"], group["foreach"], every_param),
             )
             self._last_step[index] = (group["lr"], bs)
         return loss
@@ -396,13 +395,15 @@ class SophiaG(_Sophia):
 
     Same constructor, state keys (`step`, `exp_avg`, `hessian`) and update as the official code.
     Extras: `update_hessian(estimates)` for external estimates, `diagnostics()`, and the
-    `foreach` (default: multi-tensor) / `compiled` (opt-in torch.compile) implementation switches.
+    implementation switches `compiled` (None, the default: torch.compile the step on first use
+    when the parameters hold >= 8M elements, optim/compiled.py; True / False: always / never)
+    and `foreach` (the eager path: multi-tensor by default, False for the per-tensor loop).
     `capturable` is accepted for compatibility; it only keeps `step` on the parameter's device.
 
     Speed on 2 CPU cores, GPT-2 124M shapes (scripts/bench_optim.py): the compiled step reads and
-    writes every tensor once, ≈ 0.90x the time of torch's fused AdamW (its memory floor); the eager
-    foreach step ≈ torch's foreach AdamW but ≈ 4x the fused one; the per-tensor loop 8-12x. On CPU,
-    train with `compiled=True` (one compilation, ≈ 20-40 s, per process).
+    writes every tensor once, ≈ 0.9x the time of torch's fused AdamW (its memory floor); the eager
+    foreach step ≈ torch's foreach AdamW but ≈ 4x the fused one; the per-tensor loop 8-12x. The
+    compilation costs ≈ 33 s once per process (≈ 5 s with inductor's kernel cache warm).
     """
 
     def __init__(
@@ -416,7 +417,7 @@ class SophiaG(_Sophia):
         maximize: bool = False,
         capturable: bool = False,
         foreach: bool | None = None,
-        compiled: bool = False,
+        compiled: bool | None = None,
     ) -> None:
         super().__init__(
             params, lr, betas, rho, weight_decay, maximize=maximize, capturable=capturable,
@@ -454,7 +455,7 @@ class SophiaH(_Sophia):
         maximize: bool = False,
         capturable: bool = False,
         foreach: bool | None = None,
-        compiled: bool = False,
+        compiled: bool | None = None,
     ) -> None:
         super().__init__(
             params, lr, betas, rho, weight_decay, maximize=maximize, capturable=capturable,

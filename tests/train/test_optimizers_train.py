@@ -30,8 +30,8 @@ def test_every_optim_choice_has_a_learning_rate_here():
 
 @pytest.mark.parametrize("optim", list(LEARNING_RATES))
 def test_loss_falls(tmp_path, corpus_dir, optim):
-    """It learns; a second-order rule refreshes after steps k-1, 2k-1, ... (AdaHessian also once
-    before its first step), each refresh's FLOPs and time added to the run's counters."""
+    """It learns; a second-order rule refreshes once every k steps (Sophia after steps k-1,
+    2k-1, ..., AdaHessian before steps 0, k, ...), each refresh's FLOPs and time counted."""
     extra = [f"optim.hess_interval={HESS_INTERVAL}"] if optim in SECOND_ORDER else []
     run_train(tmp_path / "run", corpus_dir, f"optim={optim}", f"optim.lr={LEARNING_RATES[optim]}",
               "max_steps=30", *extra)  # fmt: skip
@@ -41,12 +41,33 @@ def test_loss_falls(tmp_path, corpus_dir, optim):
     if optim not in SECOND_ORDER:
         assert not refreshes and records[-1]["hess/flops"] == 0
         return
-    expected = 30 // HESS_INTERVAL + (optim == "adahessian")
+    expected = 30 // HESS_INTERVAL
     assert len(refreshes) == expected
     assert all(r["hess/refresh_flops"] > 0 and r["hess/refresh_skipped"] == 0 for r in refreshes)
     flops_per_refresh = refreshes[-1]["hess/refresh_flops"]
     assert records[-1]["hess/flops"] == pytest.approx(expected * flops_per_refresh)
     assert 0 < records[-1]["hess/time_s"] < records[-1]["time_s"]
+
+
+@pytest.mark.parametrize("interval", [1, 3])
+def test_adahessian_refreshes_once_per_k_steps_from_step_zero(interval):
+    """Before steps 0, k, 2k, ... and never after: with k = 1 step 0 gets one refresh, not two
+    (an initial one and the after-step one, on the same estimation batch)."""
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16))
+    cfg = OPTIM_SCHEMAS["adahessian"](hess_interval=interval)
+    opt = build_optimizer(cfg, model, tokens_per_step=4 * 32, device=torch.device("cpu"))
+    before = [step for step in range(9) if opt.refreshes_hessian_before(step)]
+    after = [step for step in range(9) if opt.refreshes_hessian(step)]
+    assert before == list(range(0, 9, interval)) and after == []
+
+
+def test_adahessian_every_step_refreshes_once_per_step_in_a_run(tmp_path, corpus_dir):
+    run_train(tmp_path / "run", corpus_dir, "optim=adahessian", "optim.hess_interval=1",
+              "max_steps=3")  # fmt: skip
+    records = [r for r in read_metrics(tmp_path / "run") if "hess/refresh_flops" in r]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert record["hess/flops"] == pytest.approx(record["step"] * record["hess/refresh_flops"])
 
 
 @pytest.mark.parametrize("optim", SECOND_ORDER)
