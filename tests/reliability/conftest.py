@@ -96,7 +96,9 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
 
 def assert_loadable(run_dir: Path, step: int) -> None:
     weights, optimizer, meta = load_checkpoint(checkpoint_dir(run_dir, step))
-    assert meta["step"] == step and weights and optimizer["optimizer"]["state"]
+    inner = optimizer["optimizer"]
+    states = [inner["state"]] if "state" in inner else [half["state"] for half in inner.values()]
+    assert meta["step"] == step and weights and all(states)
 
 
 @pytest.fixture(scope="session")
