@@ -135,14 +135,18 @@ def parameter_kinds(model: nn.Module) -> dict[int, str]:
 
 
 def parameter_groups(
-    model: nn.Module, weight_decay: float, decay_embeddings: bool = True
+    model: nn.Module,
+    weight_decay: float,
+    decay_embeddings: bool = True,
+    kinds: dict[int, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Decay and no-decay groups. decay_embeddings: nanoGPT's split (every dim >= 2 tensor
     decays, the tied embedding and the position table too); False: the official Sophia script's
-    split (Linear weights only; embeddings, biases and LayerNorm gains do not decay)."""
+    split (Linear weights only; embeddings, biases and LayerNorm gains do not decay).
+    `kinds`: parameter_kinds(model), when the caller has it already."""
     params = [p for p in model.parameters() if p.requires_grad]
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decays = lambda p: p.dim() >= 2 and (decay_embeddings or id(p) not in embeddings)
+    kinds = kinds or parameter_kinds(model)
+    decays = lambda p: p.dim() >= 2 and (decay_embeddings or kinds[id(p)] != "embeddings")
     return [
         {"params": [p for p in params if decays(p)], "weight_decay": weight_decay},
         {"params": [p for p in params if not decays(p)], "weight_decay": 0.0},
@@ -158,15 +162,17 @@ def build_optimizer(
     estimation_tokens: int | None = None,
 ) -> TrainingOptimizer:
     """The update rule `cfg` names, with its Hessian estimator (see `_build`)."""
-    built = _build(cfg, model, tokens_per_step=tokens_per_step, device=device,
+    kinds = parameter_kinds(model)
+    built = _build(cfg, model, kinds, tokens_per_step=tokens_per_step, device=device,
                    estimation_tokens=estimation_tokens)  # fmt: skip
-    built.parameter_kinds = parameter_kinds(model)
+    built.parameter_kinds = kinds
     return built
 
 
 def _build(
     cfg: OptimConfig,
     model: nn.Module,
+    kinds: dict[int, str],
     *,
     tokens_per_step: int,
     device: torch.device,
@@ -180,7 +186,7 @@ def _build(
     the Gauss-Newton diagonal, so rho keeps its meaning whatever the estimation batch is (the
     official script hard-wires 480 x 1024, which silently changes rho whenever the batch differs).
     """
-    groups = parameter_groups(model, cfg.weight_decay, cfg.decay_embeddings)
+    groups = parameter_groups(model, cfg.weight_decay, cfg.decay_embeddings, kinds)
     betas = tuple(getattr(cfg, "betas", ()))
     if isinstance(cfg, AdamWConfig):
         fused = cfg.fused if cfg.fused is not None else device.type in ("cuda", "cpu")
@@ -188,7 +194,6 @@ def _build(
         return TrainingOptimizer(optimizer)
     if isinstance(cfg, MuonConfig):
         # Muon owns the blocks' 2-D matrices; AdamW the embeddings, the tied head and vectors.
-        kinds = parameter_kinds(model)
         matrices = {id(p) for p in model.parameters() if kinds[id(p)] == "matrices"}
         rest = [{**g, "params": [p for p in g["params"] if id(p) not in matrices]} for g in groups]
         optimizer = MuonAdamW(

@@ -100,7 +100,6 @@ class Runner:
         self.plan, self.progress = stages(study), Progress()
         self.running: dict[RunSpec, tuple[subprocess.Popen, float]] = {}
         self.done = 0
-        self.seconds_per_step: list[float] = []
 
     def env(self) -> dict[str, str]:
         env = {**os.environ}
@@ -130,7 +129,6 @@ class Runner:
         if self.records_dir is not None:
             copy_record(spec, self.study_dir, self.records_dir)
         self.done += 1
-        self.seconds_per_step.append(60 * minutes / spec.horizon)
         print(f"[study] done {spec.describe()}: val loss {run.final_loss:.4f} in "
               f"{minutes:.1f} min | {self.done} finished this session", flush=True)  # fmt: skip
 
