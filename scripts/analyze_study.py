@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from study.comparison import analyze  # noqa: E402
 from study.plots import write_all_plots  # noqa: E402
 from study.report import render_report, speedup_table, verdict, wall_clock_caveats  # noqa: E402
 from study.runs import UNITS, load_study, load_wandb_study  # noqa: E402
-from study.speedup import analyze  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

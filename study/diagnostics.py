@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from study.runs import Curve
-from study.speedup import SettingResult
+from study.settings import SettingResult
 
 WIN_RATE_BAND = (0.1, 0.5)
 WIN_RATE_SOURCE = "Liu et al. 2023; official Sophia README"

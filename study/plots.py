@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator  # noqa: E402
 
+from study.comparison import StudyAnalysis  # noqa: E402
 from study.diagnostics import (  # noqa: E402
     HESSIAN_WARMED_KEY,
     WIN_RATE_BAND,
@@ -28,9 +29,10 @@ from study.diagnostics import (  # noqa: E402
     LossUnit,
     loss_unit,
 )
+from study.fits import PowerLaw  # noqa: E402
 from study.report import display_name, fit_warnings  # noqa: E402
 from study.runs import UNITS, Curve  # noqa: E402
-from study.speedup import PowerLaw, SettingResult, StudyAnalysis  # noqa: E402
+from study.settings import SettingResult  # noqa: E402
 
 COLORS = {
     "adamw": "tab:blue",

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from study.bootstrap import Interval
+from study.comparison import Comparison, StudyAnalysis
 from study.diagnostics import (
     HESSIAN_WARMED_KEY,
     WIN_RATE_BAND,
@@ -25,7 +27,8 @@ from study.diagnostics import (
     loss_unit,
     win_rate_flag,
 )
-from study.speedup import Comparison, Interval, PowerLaw, SettingResult, StudyAnalysis
+from study.fits import PowerLaw
+from study.settings import SettingResult
 
 DISPLAY_NAMES = {
     "adamw": "AdamW",

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from study.comparison import analyze
+from study.fits import Baseline, PowerLaw
 from study.plots import (
     COLORS,
     _fit_warning_titles,
@@ -11,7 +13,7 @@ from study.plots import (
 )
 from study.report import display_name
 from study.runs import load_study
-from study.speedup import Baseline, PowerLaw, analyze, group_settings
+from study.settings import group_settings
 from tests.study.test_report import write_run
 
 

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from study.comparison import analyze
+from study.fits import PowerLaw
 from study.plots import write_all_plots
 from study.report import lr_sweep_table, render_report, side_table, speedup_table, verdict
 from study.runs import load_study
-from study.speedup import PowerLaw, analyze
 
 ADAMW = PowerLaw(alpha=40.0, beta=0.5, gamma=3.0)
 HORIZONS = (200, 400, 800)

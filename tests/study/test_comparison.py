@@ -3,17 +3,11 @@ import math
 import numpy as np
 import pytest
 
+from study.bootstrap import percentile_interval
+from study.comparison import analyze
+from study.fits import FitError, LogInterpolation, PowerLaw, fit_power_law
 from study.runs import Run, run_from_records
-from study.speedup import (
-    FitError,
-    LogInterpolation,
-    PowerLaw,
-    analyze,
-    best_settings,
-    fit_power_law,
-    group_settings,
-    percentile_interval,
-)
+from study.settings import best_settings, group_settings
 
 # AdamW's synthetic law in steps; an optimizer "twice as fast" ends at ADAMW(2 * D) after D steps.
 ADAMW = PowerLaw(alpha=40.0, beta=0.5, gamma=3.0)
