@@ -152,11 +152,14 @@ def _baseline_self(analysis: StudyAnalysis) -> dict[tuple[str, int], Comparison]
 
 def contradicts_loss_gap(comparison: Comparison) -> bool:
     """The speedup in steps points one way and the loss at the same horizon the other: above 1x
-    with a higher final loss than the baseline's, or below 1x with a lower one."""
+    with a higher final loss than the baseline's, below 1x with a lower one, or an interval that
+    excludes 1x while the loss is level with the baseline's (within its seed noise)."""
     steps, gap = comparison.speedups["steps"].value, comparison.loss_gap
     if gap is None or not math.isfinite(gap) or not math.isfinite(steps) or gap == 0:
         return False
-    return (steps > 1 and gap > 0) or (steps < 1 and gap < 0)
+    decided = comparison.speedups["steps"].verdict_vs_one() in ("faster", "slower")
+    level = comparison.exceeds_noise is False
+    return (steps > 1 and gap > 0) or (steps < 1 and gap < 0) or (decided and level)
 
 
 def speedup_table(analysis: StudyAnalysis) -> str:

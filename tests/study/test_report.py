@@ -221,6 +221,26 @@ def test_verdict_never_calls_a_higher_loss_faster(tmp_path):
     assert speedup_cell.endswith("‡")
 
 
+def test_verdict_never_calls_a_level_loss_slower(tmp_path):
+    """AdamW's own point above its fit makes an optimizer with AdamW's loss read "slower" by the
+    fit; with the loss level within the seed noise the verdict must side with neither reading."""
+    study = tmp_path / "study"
+    off_the_law = {800: 0.1}  # AdamW above its law at 800
+    for horizon in (200, 400, 800, 1600):
+        for seed, offset in enumerate((-0.002, 0.0, 0.002)):
+            adamw = ADAMW.loss(horizon) + off_the_law.get(horizon, 0.0) + offset
+            write_run(study, "adamw", 6e-4, horizon, seed, adamw)
+            if horizon == 800:
+                write_run(study, "lion", 3e-4, horizon, seed, adamw + 0.0005)
+    runs, _ = load_study(study)
+    analysis = analyze(runs, n_resamples=50)
+    (row,) = [c for c in analysis.comparisons if c.result.setting.optimizer == "lion"]
+    assert row.speedups["steps"].verdict_vs_one() == "slower" and row.exceeds_noise is False
+    sentence = verdict(analysis)[verdict(analysis).index("At this scale (tiny, 800 steps), Lion") :]
+    assert "slower than AdamW" not in sentence.split(". ")[0]
+    assert "neither faster nor slower" in sentence
+
+
 def test_win_rate_outside_the_authors_band_is_flagged(tmp_path):
     runs, _ = load_study(write_study(tmp_path / "low", win_rate=0.03))
     text = verdict(analyze(runs, n_resamples=0))
