@@ -21,6 +21,7 @@ from omegaconf import MISSING
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from configs.groups import register_help_resolver
+from configs.validation import check_seed, reject_non_finite
 from data.config import DataConfig
 from model.gpt import GPTConfig
 from optim.config import OPTIM_SCHEMAS
@@ -47,6 +48,11 @@ class WandbConfig:
     name: str | None = None
     tags: list[str] = field(default_factory=list)
     init_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        reject_non_finite(self, "wandb.")
+        if not self.init_timeout > 0:
+            raise ValueError(f"wandb.init_timeout must be > 0 seconds, got {self.init_timeout}")
 
 
 @dataclass
@@ -75,6 +81,8 @@ class TrainConfig:
     max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
 
     def __post_init__(self) -> None:
+        reject_non_finite(self)
+        check_seed(self.seed)
         positive = (
             "max_steps",
             "batch_size",

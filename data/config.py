@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
+from configs.validation import reject_non_finite
 from data.tokenizer import TOKENIZERS
 
 CORPORA = ("shakespeare", "openwebtext", "text_files")
@@ -60,6 +61,7 @@ class DataConfig:
     batch_docs: int = 1024  # documents tokenized and written per step; bounds memory
 
     def __post_init__(self) -> None:
+        reject_non_finite(self, "data.")
         if self.name not in CORPORA:
             raise ValueError(
                 f"data.name must be one of {', '.join(CORPORA)}, got {self.name!r} "

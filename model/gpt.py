@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from configs.validation import reject_non_finite
+
 
 @dataclass
 class GPTConfig:
@@ -32,6 +34,7 @@ class GPTConfig:
     scale_attn_by_inverse_layer_idx: bool = False
 
     def __post_init__(self) -> None:
+        reject_non_finite(self, "model.")
         for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"model.{key} must be > 0, got {getattr(self, key)}")

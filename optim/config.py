@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
+from configs.validation import reject_non_finite
+
 
 def _check_betas(name: str, betas: list[float]) -> None:
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
@@ -43,6 +45,8 @@ class OptimConfig:
     decay_embeddings: bool = True
 
     def __post_init__(self) -> None:
+        # fields(self) holds the subclass's keys too: one call covers every optimizer schema.
+        reject_non_finite(self, "optim.")
         if not self.lr > 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr <= self.lr:
