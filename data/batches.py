@@ -10,69 +10,63 @@ belongs to micro-step i // (micro_batch_size * world_size) on rank
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data.corpus import GENERIC_PREPARE, CorpusError, CorpusMeta, load_corpus_meta
+
 # Independent random streams: training batches, the fresh batch of a Hessian estimate, validation.
 STREAMS = {"train": 0, "hessian": 1, "val": 2, "noise": 3}  # noise: scripts/noise_scale.py
-
-
-class CorpusError(ValueError):
-    """The prepared corpus is missing or inconsistent; the message says how to fix it."""
 
 
 # Splits up to this size are read in full at every start: sha256 against meta.json and every
 # token id below its vocab_size (Shakespeare: ~3 MB, milliseconds). Larger ones (OpenWebText's
 # 17 GB train split would take minutes) are checked by size only; data.prepare verifies them.
 FULL_CHECK_MAX_BYTES = 1 << 30
-GENERIC_PREPARE = "python -m data.prepare data=<name>"
 
 
 def load_split(data_dir: str | Path, split: str, prepare: str = GENERIC_PREPARE) -> np.memmap:
     """Memory-map `<data_dir>/<split>.bin` after checking it against meta.json.
 
-    Always: the file holds exactly the token count meta.json states. Up to FULL_CHECK_MAX_BYTES
-    also the sha256 (when meta.json records it) and the token id range. `prepare` is the command
-    that makes this corpus (data.config.prepare_command), named in every error.
+    Always: meta.json is valid (data.corpus.load_corpus_meta) and the file holds exactly the
+    token count it states, at least one. Up to FULL_CHECK_MAX_BYTES also the sha256 (when
+    meta.json records it) and the token id range. `prepare` is the command that makes this
+    corpus (data.config.prepare_command), named in every error.
     """
     reprepare = f"re-run `{prepare} force=true`"
-    data_dir = Path(data_dir)
-    meta_path = data_dir / "meta.json"
-    path = data_dir / f"{split}.bin"
-    if not meta_path.exists() or not path.exists():
-        raise CorpusError(f"no prepared corpus in {data_dir}: run `{prepare}` first")
-    try:
-        meta = json.loads(meta_path.read_text())
-        dtype = np.dtype(meta.get("dtype", "uint16"))
-        expected = int(meta["tokens"][split])
-    except (ValueError, TypeError, KeyError) as err:
-        raise CorpusError(f"{meta_path} is unreadable ({err!r}): {reprepare}") from None
-    actual = path.stat().st_size // dtype.itemsize
-    if path.stat().st_size % dtype.itemsize or actual != expected:
+    path = Path(data_dir) / f"{split}.bin"
+    meta = load_corpus_meta(data_dir, prepare)
+    if not path.is_file():
+        raise CorpusError(f"no prepared corpus in {data_dir} (no {path.name}): run `{prepare}`")
+    expected = meta.tokens[split]
+    size = path.stat().st_size
+    actual = size // meta.dtype.itemsize
+    if size % meta.dtype.itemsize or actual != expected:
         raise CorpusError(
-            f"{path} holds {actual} {dtype} tokens but meta.json says {expected}: the file is "
-            f"truncated or stale; {reprepare}"
+            f"{path} holds {actual} {meta.dtype} tokens but meta.json says {expected}: the file "
+            f"is truncated or stale; {reprepare}"
         )
-    tokens = np.memmap(path, dtype=dtype, mode="r")
-    if path.stat().st_size <= FULL_CHECK_MAX_BYTES:
+    if actual == 0:  # np.memmap's own error ("cannot mmap an empty file") names no file
+        raise CorpusError(f"{path} is empty (meta.json agrees): {reprepare} on a larger corpus")
+    tokens = np.memmap(path, dtype=meta.dtype, mode="r")
+    if size <= FULL_CHECK_MAX_BYTES:
         check_contents(tokens, path, meta, split, reprepare)
     return tokens
 
 
-def check_contents(tokens: np.ndarray, path: Path, meta: dict, split: str, fix: str) -> None:
+def check_contents(tokens: np.ndarray, path: Path, meta: CorpusMeta, split: str, fix: str) -> None:
     """The sha256 and token id range of a split agree with meta.json (reads the whole file);
     `fix` is the advice an error ends with."""
-    expected_sha = meta.get("sha256", {}).get(split)
+    expected_sha = meta.sha256.get(split)
     if expected_sha and hashlib.sha256(path.read_bytes()).hexdigest() != expected_sha:
         raise CorpusError(f"{path} does not match the sha256 in meta.json (corrupt): {fix}")
-    vocab_size = meta.get("vocab_size")
-    if vocab_size and len(tokens) and (largest := int(tokens.max())) >= vocab_size:
+    # Only unsigned dtypes are accepted (data.corpus), so the maximum alone bounds the range.
+    if len(tokens) and (largest := int(tokens.max())) >= meta.vocab_size:
         raise CorpusError(
-            f"{path} holds token id {largest} >= meta.json's vocab_size {vocab_size} (corrupt "
-            f"or from another tokenizer): {fix}"
+            f"{path} holds token id {largest} >= meta.json's vocab_size {meta.vocab_size} "
+            f"(corrupt or from another tokenizer): {fix}"
         )
 
 

@@ -10,9 +10,11 @@
 <|endoftext|> (50256) and the text is encoded with `encode_ordinary`, so a literal
 "<|endoftext|>" inside a document is ordinary text; with bytes the separator is NUL (id 0).
 Documents are tokenized `batch_docs` at a time and appended to the files, so memory stays bounded
-whatever the corpus size. Files are written under temporary names and renamed when complete, and
-meta.json is written last (and removed first on a redo): a meta.json always describes finished
-files.
+whatever the corpus size. Files are written under temporary names (`train.bin.tmp<pid>`) and
+renamed when complete, and meta.json is written last (and removed first on a redo): a meta.json
+always describes finished files. One prepare at a time writes a directory (a lock on it, which the
+OS drops when the process dies); holding it, a prepare first removes the temporary files a killed
+one left.
 
 meta.json: tokenizer, vocab_size, eot_id, dtype, tokens / documents / sha256 per split, source
 (what was tokenized), split (how), fingerprint (of tokenizer + source + split: a second run with
@@ -21,12 +23,16 @@ the same fingerprint and intact files does nothing), prepare_seconds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import json
 import os
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -37,14 +43,15 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from data.config import DataConfig
+from data.corpus import META_FILE, SPLITS, CorpusError, CorpusMeta, load_corpus_meta
 from data.sources import OPENWEBTEXT_DOCUMENTS, describe_source, load_documents, split_documents
 from data.tokenizer import load_tokenizer
 
-META_FILE = "meta.json"
-SPLITS = ("train", "val")
 DTYPE = np.uint16  # GPT-2's 50,257 ids fit; half the bytes of int32 (bytes would fit uint8, but
 # one dtype keeps every reader of .bin files simple)
 FORMAT_VERSION = 1
+# Files written under a temporary name (`<final name>.tmp<pid>`) and renamed when complete.
+TEMP_NAME = re.compile(r"(train\.bin|val\.bin|meta\.json)\.tmp\d+")
 
 
 def prepare(cfg: DataConfig, force: bool = False) -> dict:
@@ -53,12 +60,17 @@ def prepare(cfg: DataConfig, force: bool = False) -> dict:
     source = describe_source(cfg)
     split = {"val_fraction": cfg.val_fraction, "val_docs": cfg.val_docs, "seed": cfg.split_seed}
     fingerprint = _fingerprint(cfg.tokenizer, source, split)
-    if not force and (meta := _finished_meta(out_dir, fingerprint)) is not None:
-        print(f"{out_dir} is already prepared: {_token_summary(meta)} (force=true redoes it)")
-        return meta
-
-    start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out_dir):
+        remove_leftover_temp_files(out_dir)
+        if not force and (meta := _finished_meta(out_dir, fingerprint)) is not None:
+            print(f"{out_dir} is already prepared: {_token_summary(meta)} (force=true redoes it)")
+            return meta
+        return _prepare(cfg, out_dir, source, split, fingerprint)
+
+
+def _prepare(cfg: DataConfig, out_dir: Path, source: dict, split: dict, fingerprint: str) -> dict:
+    start = time.perf_counter()
     (out_dir / META_FILE).unlink(missing_ok=True)  # the files are about to change
     tokenizer = load_tokenizer(cfg.tokenizer)
     splits = split_documents(load_documents(cfg), cfg)
@@ -95,6 +107,38 @@ def prepare(cfg: DataConfig, force: bool = False) -> dict:
     return meta
 
 
+@contextlib.contextmanager
+def _exclusive(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the corpus directory itself (flock on its fd: no lock file to
+    leave behind; the OS releases it when the process dies, so kill -9 leaves no stale lock).
+    A second prepare into the same directory waits, then finds the corpus prepared."""
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another data.prepare writing {out_dir} to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the only fd of the lock releases it
+
+
+def remove_leftover_temp_files(out_dir: Path) -> list[Path]:
+    """Remove the temporary files (`train.bin.tmp<pid>`, ...) of earlier prepares that were killed
+    (for OpenWebText, gigabytes each); only call it holding the directory's lock, so no prepare
+    that is still writing can own them. Returns what was removed."""
+    removed = []
+    for path in out_dir.iterdir():
+        if TEMP_NAME.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        names = ", ".join(sorted(p.name for p in removed))
+        print(f"removed temporary files an interrupted data.prepare left in {out_dir}: {names}")
+    return removed
+
+
 def write_tokens(
     documents: datasets.Dataset, path: Path, tokenizer, cfg: DataConfig, desc: str
 ) -> dict:
@@ -121,17 +165,18 @@ def write_tokens(
 
 
 def load_meta(data_dir: str | Path) -> dict:
-    """meta.json of a prepared corpus, after checking the .bin files have the sizes it states."""
+    """meta.json of a prepared corpus, validated (data.corpus), after checking the .bin files
+    have the sizes it states."""
     data_dir = Path(data_dir)
-    if not (data_dir / META_FILE).is_file():
+    if not (data_dir / META_FILE).exists():
         raise FileNotFoundError(
             f"no prepared corpus in {data_dir} (no {META_FILE}): run "
             f"`python -m data.prepare data=<name>` first"
         )
-    meta = json.loads((data_dir / META_FILE).read_text())
+    meta = load_corpus_meta(data_dir)
     if problem := _size_problem(data_dir, meta):
-        raise ValueError(f"{problem}: re-run `python -m data.prepare` with force=true")
-    return meta
+        raise CorpusError(f"{problem}: re-run `python -m data.prepare` with force=true")
+    return meta.raw
 
 
 def _with_eot(ids: list[list[int]], eot_id: int) -> np.ndarray:
@@ -148,19 +193,18 @@ def _with_eot(ids: list[list[int]], eot_id: int) -> np.ndarray:
 def _finished_meta(out_dir: Path, fingerprint: str) -> dict | None:
     """The existing meta if it was made from this config and its files look intact."""
     try:
-        meta = json.loads((out_dir / META_FILE).read_text())
-    except (OSError, ValueError):
+        meta = load_corpus_meta(out_dir)
+    except CorpusError:  # missing or malformed: prepare again
         return None
-    if meta.get("fingerprint") != fingerprint or _size_problem(out_dir, meta):
+    if meta.raw.get("fingerprint") != fingerprint or _size_problem(out_dir, meta):
         return None
-    return meta
+    return meta.raw
 
 
-def _size_problem(data_dir: Path, meta: dict) -> str | None:
-    itemsize = np.dtype(meta.get("dtype", "uint16")).itemsize
+def _size_problem(data_dir: Path, meta: CorpusMeta) -> str | None:
     for name in SPLITS:
         path = data_dir / f"{name}.bin"
-        expected = meta["tokens"][name] * itemsize
+        expected = meta.tokens[name] * meta.dtype.itemsize
         actual = path.stat().st_size if path.is_file() else None
         if actual != expected:
             return f"{path} has {actual} bytes, {META_FILE} says {expected}"

@@ -59,7 +59,7 @@ def test_a_corpus_shorter_than_one_window_is_refused():
 
 def test_a_truncated_bin_is_refused(tmp_path):
     np.arange(100, dtype=np.uint16).tofile(tmp_path / "train.bin")
-    meta = {"dtype": "uint16", "tokens": {"train": 200, "val": 0}}
+    meta = {"vocab_size": 100, "dtype": "uint16", "tokens": {"train": 200, "val": 0}}
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CorpusError, match="truncated"):
         load_split(tmp_path, "train")

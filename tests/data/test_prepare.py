@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +249,42 @@ def test_switching_the_tokenizer_redoes_a_prepared_dir(make_config, text_files):
     bpe = prepare(make_config(files=files))
     raw = prepare(make_config(files=files, tokenizer="bytes"))  # same dir: not a no-op
     assert bpe["fingerprint"] != raw["fingerprint"] and raw["tokenizer"] == "bytes"
+
+
+def test_rerun_removes_temporary_files_a_killed_prepare_left(make_config, text_files):
+    cfg = make_config(files=[str(p) for p in text_files])
+    prepare(cfg)
+    out = Path(cfg.dir)
+    leftovers = ["train.bin.tmp4242", "val.bin.tmp4242", "meta.json.tmp17"]
+    for name in leftovers:
+        (out / name).write_bytes(b"partial")
+    unrelated = ["notes.tmp1", "train.bin.tmpx", "train.bin.tmp"]
+    for name in unrelated:
+        (out / name).write_bytes(b"not ours")
+    prepare(cfg)  # already prepared: cleaning does not wait for a redo
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["meta.json", "train.bin", "val.bin", *unrelated]
+    )
+
+
+def test_temporary_files_of_a_running_prepare_are_left_alone(make_config, text_files, monkeypatch):
+    """A prepare that finds the directory locked waits; only then does it clean, so it never
+    deletes the files of the prepare that holds the lock."""
+    cfg = make_config(files=[str(p) for p in text_files])
+    prepare(cfg)
+    out = Path(cfg.dir)
+    (out / "train.bin.tmp4242").write_bytes(b"being written")
+    waiting = threading.Event()
+    monkeypatch.setattr(prepare_module, "print", lambda *a, **k: waiting.set(), raising=False)
+    holder = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        second = threading.Thread(target=prepare, args=(cfg,))
+        second.start()
+        assert waiting.wait(timeout=60)
+        assert (out / "train.bin.tmp4242").exists()
+    finally:
+        os.close(holder)
+    second.join(timeout=60)
+    assert not second.is_alive()
+    assert not (out / "train.bin.tmp4242").exists()

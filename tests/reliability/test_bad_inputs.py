@@ -37,6 +37,23 @@ def edit_meta(**changes):
     return setup
 
 
+def replace_meta(text: str):
+    def setup(case: Path, corpus: Path, reference: Path) -> None:
+        (copy_corpus(case, corpus, reference) / "meta.json").write_text(text)
+
+    return setup
+
+
+def meta_directory(case: Path, corpus: Path, reference: Path) -> None:
+    meta_path = copy_corpus(case, corpus, reference) / "meta.json"
+    meta_path.unlink()
+    meta_path.mkdir()
+
+
+def empty_train_bin(case: Path, corpus: Path, reference: Path) -> None:
+    (copy_corpus(case, corpus, reference) / "train.bin").write_bytes(b"")
+
+
 def no_corpus(case: Path, corpus: Path, reference: Path) -> None:
     (case / "corpus").mkdir()
 
@@ -102,7 +119,16 @@ CASES = [
     ("data-not-prepared", [], no_corpus, "run `python -m data.prepare"),
     ("truncated-bin", [], truncated_bin, "truncated"),
     ("corrupted-bin", [], corrupted_bin, "does not match the sha256"),
-    ("meta-dtype-disagrees", [], edit_meta(dtype="uint32"), "meta.json says 20000"),
+    ("meta-dtype-unsupported", [], edit_meta(dtype="uint32"), "dtype 'uint32' is not supported"),
+    ("meta-dtype-signed", [], edit_meta(dtype="int16"), "(readers accept uint16)"),
+    ("meta-is-a-list", [], replace_meta("[]"), "holds a JSON list, not an object"),
+    ("meta-is-a-directory", [], meta_directory, "meta.json is not a file"),
+    ("meta-unparseable", [], replace_meta('{"vocab_size": 6'), "meta.json is not valid JSON"),
+    ("meta-vocab-string", [], edit_meta(vocab_size="64"), "vocab_size must be a positive"),
+    ("meta-vocab-null", [], edit_meta(vocab_size=None), "got None"),
+    ("meta-vocab-negative", [], edit_meta(vocab_size=-1), "got -1"),
+    ("meta-tokens-missing", [], replace_meta('{"vocab_size": 64}'), "tokens must map train"),
+    ("empty-train-bin", [], empty_train_bin, "train.bin holds 0 uint16 tokens"),
     ("meta-token-count-disagrees", [], edit_meta(tokens={"train": 19_000}), "says 19000"),
     ("meta-vocab-over-model", [], edit_meta(vocab_size=1000), "set model.vocab_size >= 1000"),
     ("token-id-over-vocab", [], token_out_of_range, "holds token id 600"),
