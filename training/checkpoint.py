@@ -8,13 +8,22 @@
 
 A checkpoint directory exists under its final name only once every file in it is on disk
 (write into `.tmp_step_*`, fsync, rename), so a kill at any moment leaves the previous one intact.
-Old checkpoints are renamed to `.trash_*` before deletion for the same reason.
+Old checkpoints are renamed to `.trash_*` before deletion for the same reason. A state holding NaN
+or inf is never saved (NonFiniteCheckpointError): "the last good checkpoint" stays good.
+
+Reading: only directories named `step_<digits>` count; one that lacks a file the reader needs
+(RESUME_FILES to resume, WEIGHT_FILES for weights only: sample, evaluate, export) or whose
+meta.json is unreadable was cut short outside this writer (a copy, a full disk elsewhere) and is
+skipped for the newest complete one, which the reader is told about in one line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +36,12 @@ from safetensors.torch import load_model, save_model
 from training.distributed import Distributed
 
 STEP_DIR_PREFIX = "step_"
+STEP_DIR = re.compile(rf"{STEP_DIR_PREFIX}(\d+)")  # step_latest, step_4.bak: not checkpoints
+WEIGHT_FILES = ("model.safetensors", "meta.json")
+RESUME_FILES = ("model.safetensors", "optimizer.pt", "meta.json")
+DROP_OLDER = "delete this checkpoint directory to resume from an older one, or start a new run"
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -34,7 +49,29 @@ class CheckpointError(ValueError):
 
 
 class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, no permission); earlier ones are intact."""
+    """A checkpoint could not be written (disk full, no permission); nothing partial is left.
+
+    `previous` is the newest complete checkpoint, intact, or None when there is none: only then
+    may a message say "the previous checkpoint is intact"."""
+
+    def __init__(self, message: str, *, previous: Path | None) -> None:
+        super().__init__(message)
+        self.previous = previous
+
+
+class NonFiniteCheckpointError(ValueError):
+    """The model or optimizer state holds NaN or inf: nothing was written. `previous` as above."""
+
+    def __init__(self, message: str, *, previous: Path | None) -> None:
+        super().__init__(message)
+        self.previous = previous
+
+
+def previous_wording(previous: Path | None) -> str:
+    """The clause an error about a failed save ends with: true whichever case it is."""
+    if previous is None:
+        return "there is no earlier checkpoint"
+    return f"the previous checkpoint {previous.name} is intact"
 
 
 @dataclass
@@ -66,31 +103,93 @@ def _first_line(err: BaseException) -> str:
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Complete checkpoint directories under `ckpt_root`, oldest first."""
+    """Directories named step_<digits> under `ckpt_root`, oldest first (complete or not)."""
     if not ckpt_root.is_dir():
         return []
-    dirs = [p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith(STEP_DIR_PREFIX)]
+    dirs = [p for p in ckpt_root.iterdir() if STEP_DIR.fullmatch(p.name) and p.is_dir()]
     return sorted(dirs, key=lambda p: int(p.name[len(STEP_DIR_PREFIX) :]))
 
 
 def read_meta(path: Path) -> dict[str, Any]:
+    """meta.json of a checkpoint dir, checked to be an object with an integer step."""
     meta_path = path / "meta.json"
-    if not meta_path.is_file():
+    if not meta_path.exists():
         raise CheckpointError(f"{path} is not a checkpoint directory (no meta.json)")
-    return json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot read {meta_path} ({err.strerror or err}): {DROP_OLDER}"
+        ) from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise CheckpointError(
+            f"{meta_path} is corrupt ({_first_line(err)}): {DROP_OLDER}"
+        ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path} is not a JSON object: {DROP_OLDER}")
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{meta_path} has no valid step (got {step!r}): {DROP_OLDER}")
+    return meta
 
 
-def find_checkpoint(path: str | Path) -> Checkpoint:
-    """A checkpoint from a checkpoint dir, a run dir or a run's checkpoints/ dir (latest one)."""
+def incomplete_reason(path: Path, files: tuple[str, ...] = RESUME_FILES) -> str | None:
+    """Why the checkpoint dir `path` cannot serve a reader that needs `files`, or None."""
+    missing = [name for name in files if not (path / name).is_file()]
+    if missing:
+        return f"{path.name} lacks {', '.join(missing)}"
+    try:
+        read_meta(path)
+    except CheckpointError as err:
+        return f"{path.name}: {str(err).partition(': delete')[0]}"
+    return None
+
+
+def latest_complete(
+    ckpt_root: Path, files: tuple[str, ...] = RESUME_FILES
+) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint under `ckpt_root` that has `files` and a readable meta.json, and
+    why each newer one was skipped. CheckpointError when there are step dirs but none complete:
+    starting afresh over them would discard the run."""
+    skipped: list[str] = []
+    candidates = list_checkpoints(ckpt_root)
+    for path in reversed(candidates):
+        reason = incomplete_reason(path, files)
+        if reason is None:
+            return Checkpoint(path, read_meta(path)), skipped
+        skipped.append(reason)
+    if candidates:
+        raise CheckpointError(
+            f"no complete checkpoint in {ckpt_root} ({'; '.join(skipped)}): restore the missing "
+            f"files, or start a new run in another run dir"
+        )
+    return None, skipped
+
+
+def fallback_message(checkpoint: Checkpoint, skipped: list[str]) -> str:
+    """One line telling a reader that newer, incomplete checkpoints were passed over."""
+    return (
+        f"skipped {len(skipped)} incomplete checkpoint(s) ({'; '.join(skipped)}): using "
+        f"{checkpoint.path.name}, the newest complete one"
+    )
+
+
+def find_checkpoint(path: str | Path, files: tuple[str, ...] = WEIGHT_FILES) -> Checkpoint:
+    """A checkpoint from a checkpoint dir, a run dir or a run's checkpoints/ dir (the newest with
+    `files`: WEIGHT_FILES for weights only, RESUME_FILES to resume training)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"resume path {path} does not exist: give a run or checkpoint dir")
-    if (path / "meta.json").is_file():
+    if (path / "meta.json").exists():  # a checkpoint dir, named by the user: no fallback
+        if reason := incomplete_reason(path, files):
+            raise CheckpointError(f"checkpoint {path} is incomplete ({reason}): {DROP_OLDER}")
         return Checkpoint(path, read_meta(path))
     for root in (path / "checkpoints", path):
-        found = list_checkpoints(root)
-        if found:
-            return Checkpoint(found[-1], read_meta(found[-1]))
+        checkpoint, skipped = latest_complete(root, files)
+        if checkpoint is not None:
+            if skipped:
+                log.warning(fallback_message(checkpoint, skipped))
+            return checkpoint
     raise CheckpointError(f"no checkpoint found in {path}")
 
 
@@ -101,10 +200,23 @@ class Checkpointer:
         self.root = Path(run_dir) / "checkpoints"
         self.keep = keep
         self.world = world
+        self.skipped: list[str] = []  # what the last latest() passed over, newest first
 
     def latest(self) -> Checkpoint | None:
-        found = list_checkpoints(self.root)
-        return Checkpoint(found[-1], read_meta(found[-1])) if found else None
+        """The newest complete checkpoint to resume from (None: there is none). Incomplete newer
+        ones are skipped with one warning line (rank 0), their reasons kept in `skipped`."""
+        checkpoint, self.skipped = latest_complete(self.root, RESUME_FILES)
+        if checkpoint is not None and self.skipped and self.world.is_main:
+            log.warning(fallback_message(checkpoint, self.skipped))
+        return checkpoint
+
+    def previous(self) -> Path | None:
+        """The newest complete checkpoint on disk, or None."""
+        try:
+            checkpoint, _ = latest_complete(self.root, RESUME_FILES)
+        except CheckpointError:
+            return None
+        return checkpoint.path if checkpoint is not None else None
 
     def save(
         self,
@@ -113,6 +225,16 @@ class Checkpointer:
         optimizer_state: dict[str, Any],
         meta: dict[str, Any],
     ) -> Path:
+        # Every rank holds the same weights and optimizer state (DDP), so every rank refuses
+        # alike, before the first barrier: none is left waiting for a save that never comes.
+        if bad := first_non_finite(model, optimizer_state):
+            previous = self.previous()
+            raise NonFiniteCheckpointError(
+                f"refusing to save the checkpoint of step {step}: {bad} holds NaN or inf, nothing"
+                f" was written and {previous_wording(previous)}: lower optim.lr or raise "
+                f"optim.warmup_steps, then resume",
+                previous=previous,
+            )
         final = self.root / f"{STEP_DIR_PREFIX}{step:08d}"
         tmp = self.root / f".tmp_{final.name}"
         if self.world.is_main:
@@ -159,8 +281,11 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)  # give back the space the partial files took
             free_mb = shutil.disk_usage(self.root).free / 2**20
             reason = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
+            previous = self.previous()
             raise CheckpointWriteError(
-                f"{reason} while writing {tmp.name} ({free_mb:,.0f} MiB free)"
+                f"{reason} while writing {tmp.name} ({free_mb:,.0f} MiB free); "
+                f"{previous_wording(previous)}",
+                previous=previous,
             ) from None
 
     def _discard(self, path: Path) -> None:
@@ -175,15 +300,65 @@ class Checkpointer:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+def first_non_finite(model: torch.nn.Module, optimizer_state: dict[str, Any]) -> str | None:
+    """The name of the first floating-point tensor of the model or optimizer state holding NaN
+    or inf, or None when every one is finite."""
+    for name, tensor in model.state_dict().items():
+        if not _all_finite(tensor):
+            return f"model tensor {name}"
+    for name, tensor in _tensors(optimizer_state, "optimizer state"):
+        if not _all_finite(tensor):
+            return name
+    return None
+
+
+def _tensors(value: Any, name: str):
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors(item, f"{name}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{name}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield name, torch.tensor(value)
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return True  # integer counters, RNG bytes: cannot hold NaN
+    return bool(torch.isfinite(tensor).all())
+
+
+def uses_dropout(model: torch.nn.Module) -> bool:
+    """Whether training draws dropout masks: only then does resuming need each rank's RNG."""
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
 def load_into(
     checkpoint: Checkpoint,
     model: torch.nn.Module,
     world: Distributed,
+    need_rng: bool | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Load weights into `model`; return the optimizer state and this rank's RNG states.
 
     Nothing here unpickles arbitrary objects: safetensors for weights, weights_only for the rest.
+    Every part is checked before it is used, so a checkpoint lacking a piece is one
+    CheckpointError, never a KeyError mid-resume. `need_rng` (None: whether `model` uses dropout)
+    says this rank's `rng_rank<r>.pt` must be there: without it the dropout masks, and so the
+    resumed run, would silently differ. When not needed, a missing file gives None (a world size
+    change, 2 ranks -> 1 or 1 -> 2, resumes).
     """
+    if need_rng is None:
+        need_rng = uses_dropout(model)
+    meta_path = checkpoint.path / "meta.json"
+    counters = checkpoint.meta.get("counters")
+    if not isinstance(counters, dict) or counters.get("step") != checkpoint.step:
+        raise CheckpointError(
+            f"{meta_path} lacks the run's counters (step {checkpoint.step}): {DROP_OLDER}"
+        )
     weights = checkpoint.path / "model.safetensors"
     try:
         missing, unexpected = load_model(model, str(weights), strict=False)
@@ -197,14 +372,46 @@ def load_into(
             f"checkpoint {checkpoint.path} does not fit this model "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
-    optimizer_state = _load_tensors(checkpoint.path / "optimizer.pt", world.device)
+    optimizer_path = checkpoint.path / "optimizer.pt"
+    optimizer_state = _load_tensors(optimizer_path, world.device)
+    if not _is_optimizer_state(optimizer_state):
+        keys = sorted(optimizer_state) if isinstance(optimizer_state, dict) else "not a dict"
+        raise CheckpointError(
+            f"{optimizer_path} holds no optimizer state (keys: {keys}): {DROP_OLDER}"
+        )
     rng_path = checkpoint.path / f"rng_rank{world.rank}.pt"
-    rng = _load_tensors(rng_path, torch.device("cpu")) if rng_path.exists() else None
+    if not rng_path.exists():
+        if need_rng:
+            writers = len(list(checkpoint.path.glob("rng_rank*.pt")))
+            raise CheckpointError(
+                f"{rng_path} is missing and the model uses dropout, whose masks this rank's RNG "
+                f"draws: the resumed run would differ. Resume on the {writers} rank(s) that wrote "
+                f"this checkpoint, or start a new run"
+            )
+        return optimizer_state, None
+    rng = _load_tensors(rng_path, torch.device("cpu"))
+    if not isinstance(rng, dict) or not isinstance(rng.get("cpu"), torch.Tensor):
+        raise CheckpointError(f"{rng_path} holds no RNG state (no 'cpu' tensor): {DROP_OLDER}")
     return optimizer_state, rng
+
+
+def _is_optimizer_state(state: Any) -> bool:
+    """The bundle's state_dict (optim/builder.py): {"optimizer": a torch optimizer's state_dict,
+    or one per half for Muon}; a torch state_dict has "state" and "param_groups"."""
+    if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict):
+        return False
+    inner = state["optimizer"]
+
+    def is_torch_state(d: Any) -> bool:
+        return isinstance(d, dict) and {"state", "param_groups"} <= set(d)
+
+    return is_torch_state(inner) or (bool(inner) and all(map(is_torch_state, inner.values())))
 
 
 def _load_tensors(path: Path, device: torch.device) -> dict[str, Any]:
     """torch.load with weights_only=True: an unsafe or corrupt pickle is refused, never run."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: {DROP_OLDER}")
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch's explanation spans many lines: keep its first
