@@ -112,25 +112,28 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
 
 def read_meta(path: Path) -> dict[str, Any]:
     """meta.json of a checkpoint dir, checked to be an object with an integer step."""
-    meta_path = path / "meta.json"
-    if not meta_path.exists():
+    if not (path / "meta.json").exists():
         raise CheckpointError(f"{path} is not a checkpoint directory (no meta.json)")
+    meta, problem = _parse_meta(path / "meta.json")
+    if meta is None:
+        raise CheckpointError(f"{problem}: {DROP_OLDER}")
+    return meta
+
+
+def _parse_meta(meta_path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(meta, "") or (None, what is wrong with the file, naming it)."""
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except OSError as err:
-        raise CheckpointError(
-            f"cannot read {meta_path} ({err.strerror or err}): {DROP_OLDER}"
-        ) from None
+        return None, f"cannot read {meta_path} ({err.strerror or err})"
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise CheckpointError(
-            f"{meta_path} is corrupt ({_first_line(err)}): {DROP_OLDER}"
-        ) from None
+        return None, f"{meta_path} is corrupt ({_first_line(err)})"
     if not isinstance(meta, dict):
-        raise CheckpointError(f"{meta_path} is not a JSON object: {DROP_OLDER}")
+        return None, f"{meta_path} is not a JSON object"
     step = meta.get("step")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise CheckpointError(f"{meta_path} has no valid step (got {step!r}): {DROP_OLDER}")
-    return meta
+        return None, f"{meta_path} has no valid step (got {step!r})"
+    return meta, ""
 
 
 def incomplete_reason(path: Path, files: tuple[str, ...] = RESUME_FILES) -> str | None:
@@ -138,11 +141,8 @@ def incomplete_reason(path: Path, files: tuple[str, ...] = RESUME_FILES) -> str 
     missing = [name for name in files if not (path / name).is_file()]
     if missing:
         return f"{path.name} lacks {', '.join(missing)}"
-    try:
-        read_meta(path)
-    except CheckpointError as err:
-        return f"{path.name}: {str(err).partition(': delete')[0]}"
-    return None
+    meta, problem = _parse_meta(path / "meta.json")
+    return None if meta is not None else f"{path.name}: {problem}"
 
 
 def latest_complete(
@@ -181,8 +181,9 @@ def find_checkpoint(path: str | Path, files: tuple[str, ...] = WEIGHT_FILES) -> 
     if not path.exists():
         raise CheckpointError(f"resume path {path} does not exist: give a run or checkpoint dir")
     if (path / "meta.json").exists():  # a checkpoint dir, named by the user: no fallback
-        if reason := incomplete_reason(path, files):
-            raise CheckpointError(f"checkpoint {path} is incomplete ({reason}): {DROP_OLDER}")
+        missing = [name for name in files if not (path / name).is_file()]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: {DROP_OLDER}")
         return Checkpoint(path, read_meta(path))
     for root in (path / "checkpoints", path):
         checkpoint, skipped = latest_complete(root, files)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import REPO, TINY_RUN, write_corpus
 from tests.reliability.conftest import REFERENCE, assert_one_line_error
@@ -88,6 +89,25 @@ def existing_run(case: Path, corpus: Path, reference: Path) -> None:
     shutil.copytree(reference, case / "run")
 
 
+def newest_checkpoint(case: Path, corpus: Path, reference: Path) -> Path:
+    existing_run(case, corpus, reference)
+    return max((case / "run" / "checkpoints").glob("step_*"))
+
+
+def checkpoint_meta_without_counters(case: Path, corpus: Path, reference: Path) -> None:
+    meta_path = newest_checkpoint(case, corpus, reference) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["counters"]
+    meta_path.write_text(json.dumps(meta))
+
+
+def checkpoint_file_holding(name: str, value):
+    def setup(case: Path, corpus: Path, reference: Path) -> None:
+        torch.save(value, newest_checkpoint(case, corpus, reference) / name)
+
+    return setup
+
+
 CASES = [
     ("unknown-optimizer", ["optim=adamx"], None, "choose one of adahessian, adamw, lion"),
     ("unknown-model", ["model=gpt5"], None, "choose one of gpt2-large"),
@@ -135,6 +155,24 @@ CASES = [
     ("corpus-shorter-than-window", [], short_corpus, "fewer than one window"),
     ("checkpoint-other-shape", REFERENCE + ["model.n_embd=64"], existing_run, "model shape"),
     ("checkpoint-other-optimizer", ["optim=adamw"], existing_run, "trained with optim=sophia"),
+    (
+        "checkpoint-meta-without-counters",
+        REFERENCE + ["max_steps=14"],
+        checkpoint_meta_without_counters,
+        "lacks the run's counters",
+    ),
+    (
+        "checkpoint-optimizer-empty",
+        REFERENCE + ["max_steps=14"],
+        checkpoint_file_holding("optimizer.pt", {}),
+        "optimizer.pt holds no optimizer state",
+    ),
+    (
+        "checkpoint-rng-empty",
+        REFERENCE + ["max_steps=14"],
+        checkpoint_file_holding("rng_rank0.pt", {}),
+        "rng_rank0.pt holds no RNG state",
+    ),
     ("resume-path-missing", ["resume=/nonexistent/run"], None, "does not exist"),
     ("fresh-start-into-a-run", ["resume=never"], existing_run, "already holds a run"),
 ]
