@@ -71,7 +71,7 @@ def previous_wording(previous: Path | None) -> str:
     """The clause an error about a failed save ends with: true whichever case it is."""
     if previous is None:
         return "there is no earlier checkpoint"
-    return f"the previous checkpoint {previous.name} is intact"
+    return f"the previous checkpoint is intact ({previous.name})"
 
 
 @dataclass

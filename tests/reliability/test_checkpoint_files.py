@@ -191,7 +191,7 @@ def test_save_refuses_non_finite_weights_and_writes_nothing(run):
         checkpointer.save(3, model, state, {"counters": {"step": 3}})
     message = one_line(raised)
     assert "model tensor transformer.h.0.mlp.c_fc.weight holds NaN or inf" in message
-    assert "the previous checkpoint step_00000002 is intact" in message
+    assert "the previous checkpoint is intact (step_00000002)" in message
     assert raised.value.previous == checkpointer.root / "step_00000002"
     assert sorted(p.name for p in checkpointer.root.iterdir()) == before
 
@@ -226,4 +226,4 @@ def test_write_failure_names_the_previous_checkpoint_only_when_there_is_one(tmp_
     with pytest.raises(CheckpointWriteError) as second:
         save(checkpointer, model, 2)
     assert second.value.previous == checkpointer.root / "step_00000001"
-    assert "the previous checkpoint step_00000001 is intact" in str(second.value)
+    assert "the previous checkpoint is intact (step_00000001)" in str(second.value)
