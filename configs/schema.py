@@ -24,7 +24,8 @@ from configs.groups import register_help_resolver
 from configs.validation import check_seed, reject_non_finite
 from data.config import DataConfig
 from model.gpt import GPTConfig
-from optim.config import OPTIM_SCHEMAS
+from optim.registry import OPTIMIZERS
+from training.run_dir import register_run_name_resolver
 
 
 class Dtype(Enum):
@@ -59,7 +60,7 @@ class WandbConfig:
 class TrainConfig:
     model: GPTConfig = MISSING
     data: DataConfig = MISSING
-    optim: Any = MISSING  # one of optim.config.OPTIM_SCHEMAS, chosen by the `optim` group
+    optim: Any = MISSING  # one of optim.registry.OPTIMIZERS, chosen by the `optim` group
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     seed: int = 0
@@ -118,9 +119,10 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="schema/model", name="base", node=GPTConfig)
     cs.store(group="schema/data", name="base", node=DataConfig)
-    for name, schema in OPTIM_SCHEMAS.items():
+    for name, schema in OPTIMIZERS.items():
         cs.store(group="schema/optim", name=name, node=schema)
     register_help_resolver()
+    register_run_name_resolver()
 
 
 def describe_config_error(err: Exception) -> str:
@@ -151,11 +153,11 @@ def _other_optimizers_hint(full_key: str, schema: type) -> str:
     """'; rho belongs to optim=sophia, sophiah: add optim=sophia' when an optimizer key was set
     on an optimizer that lacks it (e.g. optim.rho with the default AdamW); else ''."""
     group, _, key = full_key.partition(".")
-    if group != "optim" or "." in key or schema not in OPTIM_SCHEMAS.values():
+    if group != "optim" or "." in key or schema not in OPTIMIZERS.values():
         return ""
     owners = [
         name
-        for name, other in OPTIM_SCHEMAS.items()
+        for name, other in OPTIMIZERS.items()
         if any(f.name == key for f in dataclasses.fields(other))
     ]
     if not owners:

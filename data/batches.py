@@ -39,7 +39,9 @@ def load_split(data_dir: str | Path, split: str, prepare: str = GENERIC_PREPARE)
     path = Path(data_dir) / f"{split}.bin"
     meta = load_corpus_meta(data_dir, prepare)
     if not path.is_file():
-        raise CorpusError(f"no prepared corpus in {data_dir} (no {path.name}): run `{prepare}`")
+        raise CorpusError(
+            f"no prepared corpus in {data_dir} (no {path.name}): run `{prepare}` first"
+        )
     expected = meta.tokens[split]
     size = path.stat().st_size
     actual = size // meta.dtype.itemsize

@@ -45,7 +45,9 @@ def load_corpus_meta(data_dir: str | Path, prepare: str = GENERIC_PREPARE) -> Co
     meta_path = Path(data_dir) / META_FILE
     redo = f"re-run `{prepare} force=true`"
     if not meta_path.exists():
-        raise CorpusError(f"no prepared corpus in {data_dir} (no {META_FILE}): run `{prepare}`")
+        raise CorpusError(
+            f"no prepared corpus in {data_dir} (no {META_FILE}): run `{prepare}` first"
+        )
     if not meta_path.is_file():
         raise CorpusError(f"{meta_path} is not a file: remove it, then {redo}")
     try:

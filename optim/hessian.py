@@ -1,41 +1,37 @@
-"""Diagonal Hessian estimators that feed Sophia and AdaHessian, apart from the update rules.
-
-Each estimator has one method, `refresh(batch, optimizer) -> stats`: it spends a pass over the
-fresh estimation batch (`optim.builder.EstimationBatch`), writes the estimate into the optimizer
-through its `update_hessian` API and returns statistics, always with 'flops' (global, all ranks),
-'seconds' and 'skipped' (1 when the estimate was not finite and the Hessian state was left
-untouched; every rank takes the same decision because the estimate is averaged first).
+"""Diagonal Hessian estimators that feed Sophia and AdaHessian: the math, apart from the update
+rules and from the pass over micro-batches and ranks that runs them (training/hessian_pass.py).
 
 - `GaussNewtonBartlett` (Sophia-G, paper section 2.3 / Algorithm 2): ĝ is the gradient of the
   mean cross-entropy against labels ŷ ~ softmax(logits) sampled at every position. For B tokens,
   E[B·ĝ⊙ĝ] is the Gauss-Newton diagonal of the mean loss,
   diag(1/B Σ_i J_iᵀ(diag p_i − p_i p_iᵀ)J_i): the cross terms vanish because
-  E_ŷ[∇ℓ_i] = J_iᵀ(p_i − E[e_ŷ]) = 0. The optimizer squares p.grad itself (`update_hessian()`)
-  and multiplies h by bs = B in its step.
+  E_ŷ[∇ℓ_i] = J_iᵀ(p_i − E[e_ŷ]) = 0. ĝ must be the gradient of the whole global batch before it
+  is squared, so the pass sums gradients over micro-batches and ranks first (`reduces =
+  "gradients"`); the optimizer squares p.grad itself (`update_hessian()`) and multiplies h by
+  bs = B in its step.
 - `Hutchinson` (Sophia-H, AdaHessian): ĥ = u ⊙ (∇²L u) with Rademacher u, E[ĥ] = diag(∇²L).
+  Linear in the loss, so each micro-batch's estimate is averaged afterwards (`reduces =
+  "estimates"`).
 
 Random draws (labels, probes) come from generators seeded by (seed, step, chunk), where chunk =
-micro_step·world_size + rank is the index data/batches.py gives that slice of the global batch: the
-estimate depends on the global batch alone, not on how it is split over ranks and micro-batches,
-and a resumed run draws the same labels and probes as an uninterrupted one.
+micro_step·world_size + rank is the index data/batches.py gives that slice of the global batch
+(`draw_generator`): the estimate depends on the global batch alone, not on how it is split over
+ranks and micro-batches, and a resumed run draws the same labels and probes as an uninterrupted
+one. Each estimator's `commit` returns statistics with 'skipped' (1 when the estimate was not
+finite and the Hessian state was left untouched; every rank decides alike because the estimate
+is reduced first).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-if TYPE_CHECKING:  # optim.builder imports this module to build the estimators
-    from optim.builder import EstimationBatch
 
 # FLOPs of one Hutchinson probe's Hessian-vector product, in units of a training step's FLOPs
 # (forward + backward). Reverse-over-reverse differentiates the whole gradient graph, which holds
@@ -43,6 +39,8 @@ if TYPE_CHECKING:  # optim.builder imports this module to build the estimators
 # GPT-2 shapes (the gradient with create_graph=True costs exactly 1x). tests/optim/test_hessian.py
 # checks the accounting against the flop counter.
 HVP_STEP_EQUIVALENTS = 2.0
+
+Autocast = Callable[[], AbstractContextManager]
 
 
 def generator_for(device: torch.device, *parts: int) -> torch.Generator:
@@ -53,27 +51,12 @@ def generator_for(device: torch.device, *parts: int) -> torch.Generator:
     return generator
 
 
-def micro_batches_with_sync(
-    batch: EstimationBatch, model: nn.Module
-) -> Iterator[tuple[int, Tensor, Tensor, AbstractContextManager]]:
-    """(micro_step, x, y, context) over this rank's micro-batches of the estimation batch.
-
-    `context` is DDP's no_sync() on all but the last micro-batch when `model` is DDP-wrapped, so
-    gradients are averaged across ranks once, after the last backward (as in train.py).
-    """
-    can_skip_sync = batch.world.enabled and hasattr(model, "no_sync")
-    for micro_step, (x, y) in enumerate(batch.micro_batches()):
-        last = micro_step == batch.num_micro_batches - 1
-        yield micro_step, x, y, model.no_sync() if can_skip_sync and not last else nullcontext()
-
-
 def draw_generator(
-    batch: EstimationBatch, micro_step: int, device: torch.device
+    seed: int, step: int, micro_step: int, rank: int, world_size: int, device: torch.device
 ) -> torch.Generator:
     """The generator of one micro-batch's labels or probes: seeded by (seed, step, chunk), chunk
     being the global index data/batches.py gives this rank's micro-batch."""
-    chunk = micro_step * batch.world.world_size + batch.world.rank
-    return generator_for(device, batch.seed, batch.step, chunk)
+    return generator_for(device, seed, step, micro_step * world_size + rank)
 
 
 def optimizer_params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
@@ -176,47 +159,44 @@ def sampled_label_loss(logits: Tensor, generator: torch.Generator) -> Tensor:
 class GaussNewtonBartlett:
     """Sophia-G's estimator, as the official training loop runs it (train_sophiag.py).
 
-    Over all micro-batches of a fresh batch: full-sequence logits under the training autocast,
-    sampled labels, mean cross-entropy / num_micro_batches, backward (DDP averages across ranks);
-    then clip_grad_norm_(clip_norm) as the official loop does with its grad_clip of 1.0, and
-    `optimizer.update_hessian()`, which reads ĝ from p.grad. Not a training step: the gradients
-    are cleared afterwards. Works on the training model as it is (DDP, compiled): a plain backward.
-    No loss scaling: under float16 autocast small ĝ entries can underflow (use bfloat16).
-
-    Stats: loss (mean sampled-label loss), grad_norm (‖ĝ‖ before the clip), clipped (0/1).
+    Per micro-batch of a fresh batch (`loss`): full-sequence logits under the training autocast,
+    sampled labels, mean cross-entropy; the pass backpropagates loss / num_micro_batches through
+    the training model as it is (DDP, compiled: a plain backward), so p.grad ends as ĝ of the
+    global batch. `commit` then clips ‖ĝ‖ to clip_norm as the official loop does with its
+    grad_clip of 1.0 and calls `optimizer.update_hessian()`, which reads ĝ from p.grad. Not a
+    training step: the gradients are cleared afterwards. No loss scaling: under float16 autocast
+    small ĝ entries can underflow (use bfloat16).
+    FLOPs per token: one training step. Stats: grad_norm (‖ĝ‖ before the clip), clipped (0/1).
     """
+
+    reduces = "gradients"
+    step_equivalents = 1.0
 
     def __init__(self, clip_norm: float = 1.0) -> None:
         if not clip_norm > 0:
             raise ValueError(f"GNB clip_norm must be > 0 (inf disables it), got {clip_norm}")
         self.clip_norm = clip_norm
 
-    def refresh(self, batch: EstimationBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        start = time.perf_counter()
-        params = optimizer_params(optimizer)
-        optimizer.zero_grad(set_to_none=True)  # ĝ must not mix with a training gradient
-        loss_sum, seq_len = torch.zeros(1, device=batch.world.device), 0
-        for micro_step, x, _, no_sync in micro_batches_with_sync(batch, batch.model):
-            generator = draw_generator(batch, micro_step, x.device)
-            seq_len = x.size(1)
-            with no_sync:
-                with batch.autocast():
-                    # No targets: the training loss would be one more vocabulary-sized pass. A
-                    # compiled model compiles this graph once more, on the first refresh.
-                    logits, _ = batch.model(x)
-                loss = sampled_label_loss(logits, generator) / batch.num_micro_batches
-                loss.backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_norm).item()
+    def loss(
+        self, model: nn.Module, x: Tensor, generator: torch.Generator, autocast: Autocast
+    ) -> Tensor:
+        """The sampled-label loss of one micro-batch, ready for backward."""
+        with autocast():
+            # No targets: the training loss would be one more vocabulary-sized pass. A compiled
+            # model compiles this graph once more, on the first refresh.
+            logits, _ = model(x)
+        return sampled_label_loss(logits, generator)
+
+    def commit(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """ĝ (the reduced gradient in p.grad) into the optimizer's h, unless it is not finite."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(optimizer_params(optimizer), self.clip_norm)
+        grad_norm = grad_norm.item()
         skipped = not math.isfinite(grad_norm)
         if not skipped:
             optimizer.update_hessian()
         optimizer.zero_grad(set_to_none=True)
         return {
-            "flops": float(batch.raw_model.flops_per_token(seq_len) * batch.tokens),
-            "seconds": time.perf_counter() - start,
             "skipped": float(skipped),
-            "loss": batch.world.all_reduce_mean(loss_sum).item(),
             "grad_norm": grad_norm,
             "clipped": float(grad_norm > self.clip_norm),
         }
@@ -258,55 +238,54 @@ def hutchinson_diagonal(
 class Hutchinson:
     """Hutchinson's diagonal estimate of the mean loss's Hessian on the estimation batch.
 
-    Runs on the unwrapped `batch.raw_model`, eager, with the math SDPA backend: DDP and compiled
-    modules have no double backward, nor do the flash / memory-efficient attention kernels on CUDA.
-    Each rank averages its micro-batches' estimates into one flat float32 buffer, all-reduced in
-    place (the official AdaHessian reduced a temporary, so its ranks never averaged). The pass runs
-    under the training autocast: on CPU bf16 double backward works and is within ~1% of float32.
+    `estimate` runs on the unwrapped model, eager, with the math SDPA backend: DDP and compiled
+    modules have no double backward, nor do the flash / memory-efficient attention kernels on
+    CUDA. The pass averages the micro-batches' and ranks' estimates into one flat float32 buffer
+    (the official AdaHessian reduced a temporary, so its ranks never averaged) and hands it to
+    `commit`. The forward runs under the training autocast: on CPU bf16 double backward works and
+    is within ~1% of float32.
 
     FLOPs per token: one training step for the gradient with its graph, plus
     HVP_STEP_EQUIVALENTS (≈ 2) training steps per probe: ≈ 3x a training step with one probe.
-    Stats: loss (mean loss on the batch), negative_share (share of negative estimate entries).
+    Stats: negative_share (share of negative estimate entries).
     """
+
+    reduces = "estimates"
 
     def __init__(self, n_probes: int = 1) -> None:
         if n_probes < 1:
             raise ValueError(f"optim.n_probes must be >= 1, got {n_probes}")
         self.n_probes = n_probes
 
-    def refresh(self, batch: EstimationBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        start = time.perf_counter()
-        params = optimizer_params(optimizer)
-        model = batch.raw_model
-        flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device)
-        views, offset = [], 0
-        for p in params:
-            views.append(flat[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
-        loss_sum, seq_len = torch.zeros(1, device=batch.world.device), 0
-        optimizer.zero_grad(set_to_none=True)
-        for micro_step, (x, y) in enumerate(batch.micro_batches()):
-            generator = draw_generator(batch, micro_step, x.device)
-            seq_len = x.size(1)
-            with sdpa_kernel(SDPBackend.MATH):
-                with batch.autocast():
-                    _, loss = model(x, y)
-                estimates = hutchinson_diagonal(loss, params, generator, self.n_probes)
-            for view, estimate in zip(views, estimates, strict=True):
-                view.add_(estimate, alpha=1.0 / batch.num_micro_batches)
-            loss_sum += loss.detach() / batch.num_micro_batches
-            del loss, estimates
-        if batch.world.enabled:
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            flat /= batch.world.world_size
+    @property
+    def step_equivalents(self) -> float:
+        return 1 + HVP_STEP_EQUIVALENTS * self.n_probes
+
+    def estimate(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        params: list[Tensor],
+        generator: torch.Generator,
+        autocast: Autocast,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """(mean loss, one float32 estimate per parameter) on one micro-batch."""
+        with sdpa_kernel(SDPBackend.MATH):
+            with autocast():
+                _, loss = model(x, y)
+            estimates = hutchinson_diagonal(loss, params, generator, self.n_probes)
+        return loss.detach(), estimates
+
+    def commit(
+        self, optimizer: torch.optim.Optimizer, flat: Tensor, views: Sequence[Tensor]
+    ) -> dict[str, float]:
+        """The reduced estimate (`views` of the flat buffer `flat`, in `optimizer_params`
+        order) into the optimizer, unless it is not finite."""
         skipped = not bool(torch.isfinite(flat).all())
         if not skipped:
             optimizer.update_hessian(estimates=views)
-        step_flops = batch.raw_model.flops_per_token(seq_len) * batch.tokens
         return {
-            "flops": float(step_flops * (1 + HVP_STEP_EQUIVALENTS * self.n_probes)),
-            "seconds": time.perf_counter() - start,
             "skipped": float(skipped),
-            "loss": batch.world.all_reduce_mean(loss_sum).item(),
             "negative_share": 0.0 if skipped else (flat < 0).float().mean().item(),
         }

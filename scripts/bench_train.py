@@ -28,11 +28,11 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+
 from configs.schema import TrainConfig, register_configs  # noqa: E402
 from data.batches import TokenWindows, load_split  # noqa: E402
 from model.gpt import GPT  # noqa: E402
 from model.mfu import mfu, peak_flops  # noqa: E402
-from optim.builder import build_optimizer  # noqa: E402
 from training.distributed import pick_device  # noqa: E402
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -56,7 +56,7 @@ def build_step_pieces(cfg: TrainConfig):
     raw = GPT(cfg.model).to(device)
     model = torch.compile(raw) if cfg.compile else raw
     tokens_per_step = cfg.batch_size * cfg.block_size
-    opt = build_optimizer(cfg.optim, raw, tokens_per_step=tokens_per_step, device=device)
+    opt = cfg.optim.build(raw, device=device, estimation_tokens=tokens_per_step)
     dtype = DTYPES[cfg.dtype.value]
     autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
     return device, raw, model, opt, autocast

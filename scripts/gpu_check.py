@@ -11,7 +11,7 @@ run:
      forced onto the flash SDPA kernel (fails loudly where flash cannot run);
   2. ddp: `torchrun --nproc_per_node=1` over nccl (gloo in smoke mode): a process group, an
      all-reduce and a DDP forward/backward/step;
-  3. optimizers: every optim= choice (optim.config.OPTIM_SCHEMAS: adamw, lion, sophia, sophiah,
+  3. optimizers: every optim= choice (optim.config.OPTIMIZERS: adamw, lion, sophia, sophiah,
      adahessian, and any added later) a few steps on gpt2-small with a Hessian refresh (the
      Hutchinson pass runs eager under the math SDPA backend, as optim/hessian.py does), the
      optimizer step timed against fused AdamW's, the first step (compilation) apart, the
@@ -45,9 +45,9 @@ sys.path.insert(0, str(REPO))
 
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.mfu import peak_flops  # noqa: E402
-from optim.builder import EstimationBatch, build_optimizer  # noqa: E402
-from optim.config import OPTIM_SCHEMAS  # noqa: E402
+from optim.registry import OPTIMIZERS  # noqa: E402
 from training.distributed import Distributed  # noqa: E402
+from training.hessian_pass import EstimationBatch, run_estimate  # noqa: E402
 
 GPT2_SMALL = GPTConfig(
     name="gpt2-small", n_layer=12, n_head=12, n_embd=768, vocab_size=50304, block_size=1024
@@ -200,7 +200,7 @@ def check_ddp(plan: Plan, smoke: bool) -> dict:
 
 def optimizer_config(name: str):
     """The optimizer's own defaults, a refresh every 2 steps where it has a Hessian estimate."""
-    schema = OPTIM_SCHEMAS[name]
+    schema = OPTIMIZERS[name]
     fields = {f.name for f in dataclasses.fields(schema)}
     return schema(**({"hess_interval": 2} if "hess_interval" in fields else {}))
 
@@ -213,7 +213,7 @@ def check_optimizer(name: str, plan: Plan) -> dict:
     torch.manual_seed(0)
     model = GPT(plan.model).to(device)
     tokens = plan.batch_size * plan.block_size
-    opt = build_optimizer(optimizer_config(name), model, tokens_per_step=tokens, device=device)
+    opt = optimizer_config(name).build(model, device=device, estimation_tokens=tokens)
     autocast = autocast_for(plan)
     generator = torch.Generator().manual_seed(0)
 
@@ -231,7 +231,7 @@ def check_optimizer(name: str, plan: Plan) -> dict:
         )  # fmt: skip
         sync(device)
         started = time.perf_counter()
-        stats = opt.refresh_hessian(estimation)
+        stats = run_estimate(opt.estimator, estimation, opt.optimizer)
         sync(device)
         if stats.get("skipped"):
             raise RuntimeError(f"optim={name}: the Hessian estimate was not finite")
@@ -266,7 +266,7 @@ def check_optimizer(name: str, plan: Plan) -> dict:
 
 
 def check_optimizers(plan: Plan) -> dict:
-    results = {name: check_optimizer(name, plan) for name in OPTIM_SCHEMAS}
+    results = {name: check_optimizer(name, plan) for name in OPTIMIZERS}
     baseline = results["adamw"]["step_ms"]
     for result in results.values():
         result["step_x_fused_adamw"] = result["step_ms"] / baseline

@@ -20,6 +20,10 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator  # noqa: E402
 
+from optim.registry import (
+    color,  # noqa: E402
+    display_name,  # noqa: E402
+)
 from study.comparison import StudyAnalysis  # noqa: E402
 from study.diagnostics import (  # noqa: E402
     HESSIAN_WARMED_KEY,
@@ -30,18 +34,10 @@ from study.diagnostics import (  # noqa: E402
     loss_unit,
 )
 from study.fits import PowerLaw  # noqa: E402
-from study.report import display_name, fit_warnings  # noqa: E402
+from study.report import fit_warnings  # noqa: E402
 from study.runs import UNITS, Curve  # noqa: E402
 from study.settings import SettingResult  # noqa: E402
 
-COLORS = {
-    "adamw": "tab:blue",
-    "lion": "tab:green",
-    "sophia": "tab:red",
-    "sophiah": "tab:purple",
-    "adahessian": "tab:orange",
-    "muon": "tab:brown",
-}
 AXIS_LABELS = {
     "steps": "optimizer steps",
     "tokens": "training tokens",
@@ -52,10 +48,6 @@ GROUP_STYLES = {"matrices": "--", "embeddings": ":", "vectors": "-."}
 # Loss curves show the part of training after this share of the horizon: the first steps fall
 # from ~ln(vocab) and would squeeze the final gaps, the part that matters, into a few pixels.
 ZOOM_FROM = 0.2
-
-
-def color(optimizer: str) -> str:
-    return COLORS.get(optimizer, "tab:gray")
 
 
 def _slug(text: str) -> str:

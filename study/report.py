@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from optim.registry import display_name
 from study.bootstrap import Interval
 from study.comparison import Comparison, StudyAnalysis
 from study.diagnostics import (
@@ -30,14 +31,6 @@ from study.diagnostics import (
 from study.fits import PowerLaw
 from study.settings import SettingResult
 
-DISPLAY_NAMES = {
-    "adamw": "AdamW",
-    "lion": "Lion",
-    "sophia": "Sophia-G",
-    "sophiah": "Sophia-H",
-    "adahessian": "AdaHessian",
-    "muon": "Muon",
-}
 UNIT_WORDS = {"steps": "steps", "tokens": "tokens", "flops": "FLOPs", "seconds": "wall-clock"}
 # Knobs shown beside the lr wherever an optimizer has them (others only when the study varies
 # them), with the short names the tables use.
@@ -46,10 +39,6 @@ SIGNATURE_KNOBS = {"rho": "rho", "hess_interval": "k"}
 # calls the seconds unreliable: beyond it, its runs trained at visibly different speeds.
 THROUGHPUT_TOLERANCE = 0.15
 POWER_LAW_PARAMETERS = 3
-
-
-def display_name(optimizer: str) -> str:
-    return DISPLAY_NAMES.get(optimizer, optimizer)
 
 
 def format_speedup(interval: Interval, extrapolated: bool = False) -> str:

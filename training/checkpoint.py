@@ -397,7 +397,7 @@ def load_into(
 
 
 def _is_optimizer_state(state: Any) -> bool:
-    """The bundle's state_dict (optim/builder.py): {"optimizer": a torch optimizer's state_dict,
+    """OptimizerPlan.state_dict(): {"optimizer": a torch optimizer's state_dict,
     or one per half for Muon}; a torch state_dict has "state" and "param_groups"."""
     if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict):
         return False

@@ -8,10 +8,14 @@ from __future__ import annotations
 import gc
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from training.errors import RunError
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,27 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
+    def share_outcome(self, check: Callable[[], object] | None) -> None:
+        """Run `check` (given on rank 0 only) and raise its RunError on every rank, so a
+        refusal that rank 0 alone can see (the run dir's lock) stops all ranks in one line."""
+        message = None
+        if check is not None:
+            try:
+                check()
+            except RunError as err:
+                message = str(err)
+        message = self.broadcast_object(message)
+        if message is not None:
+            raise RunError(message)
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's `value` (a picklable object) on every rank."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
     """`auto` is the local GPU when there is one, else the CPU."""
@@ -47,11 +72,11 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device=cuda but no CUDA device is visible: use device=cpu or auto")
+            raise RunError("device=cuda but no CUDA device is visible: use device=cpu or auto")
         return torch.device("cuda", local_rank)
     if requested == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
+    raise RunError(f"device must be auto, cpu or cuda, got {requested!r}")
 
 
 def adopt_slurm_task_env() -> None:

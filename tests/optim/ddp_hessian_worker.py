@@ -15,10 +15,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model.gpt import GPT, GPTConfig
-from optim.builder import EstimationBatch
 from optim.hessian import GaussNewtonBartlett, Hutchinson
 from optim.sophia import SophiaG, SophiaH
 from training import distributed
+from training.hessian_pass import EstimationBatch, run_estimate
 
 GLOBAL_MICRO_BATCHES = 2
 
@@ -57,7 +57,7 @@ def estimate(world: distributed.Distributed) -> dict:
         ("gnb", SophiaG(raw_model.parameters(), betas=(0.9, 0.5)), GaussNewtonBartlett()),
         ("hutchinson", SophiaH(raw_model.parameters(), betas=(0.9, 0.5)), Hutchinson(n_probes=2)),
     ]:
-        stats = estimator.refresh(batch, optimizer)
+        stats = run_estimate(estimator, batch, optimizer)
         results[name] = {
             "hessian": [optimizer.state[p]["hessian"] for p in raw_model.parameters()],
             "stats": stats,

@@ -13,7 +13,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.gpt import GPT, GPTConfig
-from optim.builder import EstimationBatch
 from optim.hessian import (
     GaussNewtonBartlett,
     Hutchinson,
@@ -24,6 +23,7 @@ from optim.hessian import (
 )
 from optim.sophia import SophiaG, SophiaH
 from training.distributed import Distributed
+from training.hessian_pass import EstimationBatch, run_estimate
 
 
 class Quadratic(nn.Module):
@@ -165,7 +165,7 @@ def test_gnb_estimator_averages_to_the_gauss_newton_diagonal():
     estimator = GaussNewtonBartlett()
     samples = []
     for step in range(3000):
-        stats = estimator.refresh(estimation_batch(model, [(x, None)], step=step), recorder)
+        stats = run_estimate(estimator, estimation_batch(model, [(x, None)], step=step), recorder)
         assert stats["clipped"] == 0  # clipping would bias the estimate: keep ĝ small here
         samples.append(x.shape[0] * x.shape[1] * recorder.estimates.pop()[0])
     samples = torch.stack(samples)
@@ -182,7 +182,8 @@ def test_gnb_draws_depend_on_seed_and_step_not_on_the_global_rng():
     def estimate(step: int, global_seed: int) -> torch.Tensor:
         torch.manual_seed(global_seed)
         recorder = HessianRecorder(model.parameters())
-        GaussNewtonBartlett().refresh(estimation_batch(model, [(x, None)], step=step), recorder)
+        batch = estimation_batch(model, [(x, None)], step=step)
+        run_estimate(GaussNewtonBartlett(), batch, recorder)
         return recorder.estimates[0][0]
 
     assert torch.equal(estimate(step=5, global_seed=1), estimate(step=5, global_seed=2))
@@ -193,8 +194,8 @@ def test_gnb_feeds_sophia_and_clears_the_gradient():
     torch.manual_seed(0)
     model = SoftmaxClassifier(features=3, classes=4)
     optimizer = SophiaG(model.parameters(), betas=(0.9, 0.5))
-    stats = GaussNewtonBartlett().refresh(
-        estimation_batch(model, [(torch.randn(2, 3, 3), None)]), optimizer
+    stats = run_estimate(
+        GaussNewtonBartlett(), estimation_batch(model, [(torch.randn(2, 3, 3), None)]), optimizer
     )
     assert stats["skipped"] == 0 and stats["flops"] == 6 * 12 * 6
     assert optimizer.state[model.weight]["hessian"].gt(0).all()
@@ -205,14 +206,14 @@ def test_gnb_leaves_the_hessian_untouched_when_the_estimate_is_not_finite():
     torch.manual_seed(0)
     model = SoftmaxClassifier(features=3, classes=4)
     optimizer = SophiaG(model.parameters(), betas=(0.9, 0.5))
-    GaussNewtonBartlett().refresh(
-        estimation_batch(model, [(torch.randn(2, 3, 3), None)]), optimizer
+    run_estimate(
+        GaussNewtonBartlett(), estimation_batch(model, [(torch.randn(2, 3, 3), None)]), optimizer
     )
     before = optimizer.state[model.weight]["hessian"].clone()
     poisoned = torch.randn(2, 3, 3)
     poisoned[0, 1, 2] = float("inf")
-    stats = GaussNewtonBartlett().refresh(
-        estimation_batch(model, [(poisoned, None)], step=1), optimizer
+    stats = run_estimate(
+        GaussNewtonBartlett(), estimation_batch(model, [(poisoned, None)], step=1), optimizer
     )
     assert stats["skipped"] == 1
     assert torch.equal(optimizer.state[model.weight]["hessian"], before)
@@ -234,7 +235,7 @@ def test_hutchinson_feeds_sophiah_as_the_mean_over_micro_batches():
     model = tiny_gpt()
     micro_batches = token_batches(2)
     optimizer = SophiaH(model.parameters(), betas=(0.9, 0.0))  # β2 = 0: h is the last estimate
-    stats = Hutchinson().refresh(estimation_batch(model, micro_batches, step=3), optimizer)
+    stats = run_estimate(Hutchinson(), estimation_batch(model, micro_batches, step=3), optimizer)
     assert stats["skipped"] == 0
     params = [p for g in optimizer.param_groups for p in g["params"]]
     expected = [torch.zeros_like(p) for p in params]
@@ -253,11 +254,11 @@ def test_hutchinson_feeds_sophiah_as_the_mean_over_micro_batches():
 def test_hutchinson_leaves_the_hessian_untouched_when_the_estimate_is_not_finite():
     model = tiny_gpt()
     optimizer = SophiaH(model.parameters())
-    Hutchinson().refresh(estimation_batch(model, token_batches(1)), optimizer)
+    run_estimate(Hutchinson(), estimation_batch(model, token_batches(1)), optimizer)
     before = {p: optimizer.state[p]["hessian"].clone() for p in model.parameters()}
     with torch.no_grad():
         model.transformer.wpe.weight[3, 0] = float("nan")
-    stats = Hutchinson().refresh(estimation_batch(model, token_batches(1), step=1), optimizer)
+    stats = run_estimate(Hutchinson(), estimation_batch(model, token_batches(1), step=1), optimizer)
     assert stats["skipped"] == 1
     for p in model.parameters():
         assert torch.equal(optimizer.state[p]["hessian"], before[p])
@@ -271,7 +272,7 @@ def test_reported_flops_match_the_flop_counter(estimator):
     model = tiny_gpt()
     optimizer = SophiaG(model.parameters())
     with FlopCounterMode(display=False) as counter:
-        stats = estimator.refresh(estimation_batch(model, token_batches(2)), optimizer)
+        stats = run_estimate(estimator, estimation_batch(model, token_batches(2)), optimizer)
     assert stats["flops"] == pytest.approx(counter.get_total_flops(), rel=0.1)
 
 
@@ -284,7 +285,7 @@ def test_gnb_on_a_compiled_model_matches_eager():
         recorder = HessianRecorder(model.parameters())
         batch = estimation_batch(model, micro_batches)
         batch.model = forward
-        GaussNewtonBartlett().refresh(batch, recorder)
+        run_estimate(GaussNewtonBartlett(), batch, recorder)
         estimates.append(recorder.estimates[0])
     for eager, compiled in zip(*estimates, strict=True):
         torch.testing.assert_close(compiled, eager)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from model.gpt import GPT, GPTConfig
-from optim.builder import build_optimizer, parameter_kinds
-from optim.config import MuonConfig
 from optim.muon import MuonAdamW, newton_schulz_flops
+from optim.plan import parameter_kinds
+from optim.registry import MuonConfig
 
 
 def tiny_model() -> GPT:
@@ -26,7 +26,7 @@ def fake_gradients(model: GPT, seed: int) -> None:
 
 def test_muon_owns_the_block_matrices_and_adamw_the_embeddings_and_vectors():
     model = tiny_model()
-    opt = build_optimizer(MuonConfig(), model, tokens_per_step=8, device=torch.device("cpu"))
+    opt = MuonConfig().build(model, device=torch.device("cpu"), estimation_tokens=8)
     muon_params = {id(p) for g in opt.optimizer.muon.param_groups for p in g["params"]}
     adamw_params = {id(p) for g in opt.optimizer.adamw.param_groups for p in g["params"]}
     kinds = parameter_kinds(model)
@@ -38,7 +38,7 @@ def test_muon_owns_the_block_matrices_and_adamw_the_embeddings_and_vectors():
 def test_step_is_torch_muon_plus_torch_adamw():
     model, reference = tiny_model(), tiny_model()
     cfg = MuonConfig(lr=0.01, adamw_lr_ratio=0.5)
-    opt = build_optimizer(cfg, model, tokens_per_step=8, device=torch.device("cpu"))
+    opt = cfg.build(model, device=torch.device("cpu"), estimation_tokens=8)
     kinds = parameter_kinds(reference)
     matrices = [p for p in reference.parameters() if kinds[id(p)] == "matrices"]
     embeddings = [p for p in reference.parameters() if kinds[id(p)] == "embeddings"]
@@ -61,13 +61,15 @@ def test_step_is_torch_muon_plus_torch_adamw():
 
 def test_schedule_reaches_both_halves_after_a_state_round_trip():
     model = tiny_model()
-    opt = build_optimizer(MuonConfig(adamw_lr_ratio=0.5), model, tokens_per_step=8,
-                          device=torch.device("cpu"))  # fmt: skip
+    opt = MuonConfig(adamw_lr_ratio=0.5).build(
+        model, device=torch.device("cpu"), estimation_tokens=8
+    )
     fake_gradients(model, 0)
     opt.step()
     state = copy.deepcopy(opt.state_dict())
-    fresh = build_optimizer(MuonConfig(adamw_lr_ratio=0.5), model, tokens_per_step=8,
-                            device=torch.device("cpu"))  # fmt: skip
+    fresh = MuonConfig(adamw_lr_ratio=0.5).build(
+        model, device=torch.device("cpu"), estimation_tokens=8
+    )
     fresh.load_state_dict(state)
     fresh.set_lr(1e-2)
     assert [g["lr"] for g in fresh.optimizer.muon.param_groups] == [1e-2]
@@ -78,7 +80,7 @@ def test_schedule_reaches_both_halves_after_a_state_round_trip():
 
 def test_loading_another_optimizers_state_names_the_problem():
     model = tiny_model()
-    opt = build_optimizer(MuonConfig(), model, tokens_per_step=8, device=torch.device("cpu"))
+    opt = MuonConfig().build(model, device=torch.device("cpu"), estimation_tokens=8)
     with pytest.raises(ValueError, match="not a MuonAdamW state"):
         opt.optimizer.load_state_dict(torch.optim.SGD(model.parameters(), lr=1).state_dict())
 
@@ -87,7 +89,7 @@ def test_newton_schulz_flops_count_the_three_products_per_iteration():
     # (A, B) = (6, 4): m = 4, n = 6 -> per iteration 2*16*6 + 2*64 + 2*16*6 = 512
     assert newton_schulz_flops(torch.Size([6, 4]), ns_steps=5) == 5 * 512
     model = tiny_model()
-    opt = build_optimizer(MuonConfig(), model, tokens_per_step=8, device=torch.device("cpu"))
+    opt = MuonConfig().build(model, device=torch.device("cpu"), estimation_tokens=8)
     assert isinstance(opt.optimizer, MuonAdamW)
     assert opt.step_flops == sum(newton_schulz_flops(p.shape, 5)
                                  for p in opt.optimizer.muon.param_groups[0]["params"])  # fmt: skip

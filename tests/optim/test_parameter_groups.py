@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.gpt import GPT, GPTConfig
-from optim.builder import parameter_groups, parameter_kinds
+from optim.plan import parameter_groups, parameter_kinds
 
 
 def tiny_model() -> GPT:

@@ -12,13 +12,13 @@ import pytest
 from configs.schema import TrainConfig, WandbConfig
 from data.config import DataConfig
 from model.gpt import GPTConfig
-from optim.config import OPTIM_SCHEMAS
+from optim.registry import OPTIMIZERS
 
 
 def train_config(**changes) -> TrainConfig:
     model = GPTConfig(block_size=256)
     return TrainConfig(
-        model=model, data=DataConfig(name="shakespeare"), optim=OPTIM_SCHEMAS["adamw"](), **changes
+        model=model, data=DataConfig(name="shakespeare"), optim=OPTIMIZERS["adamw"](), **changes
     )
 
 
@@ -29,7 +29,7 @@ def defaults() -> list[tuple[str, object]]:
         ("wandb.", WandbConfig()),
         ("model.", GPTConfig()),
         ("data.", DataConfig(name="shakespeare")),
-        *[("optim.", schema()) for schema in OPTIM_SCHEMAS.values()],
+        *[("optim.", schema()) for schema in OPTIMIZERS.values()],
     ]
 
 

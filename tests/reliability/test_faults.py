@@ -81,11 +81,10 @@ def wiring_problem(name: str) -> str | None:
     """Why optim=name cannot be built yet (another engineer's work in progress), or None."""
     try:
         from model.gpt import GPT, GPTConfig
-        from optim.builder import build_optimizer
-        from optim.config import OPTIM_SCHEMAS
+        from optim.registry import OPTIMIZERS
 
         model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, vocab_size=16, block_size=8))
-        build_optimizer(OPTIM_SCHEMAS[name](), model, tokens_per_step=8, device=torch.device("cpu"))
+        OPTIMIZERS[name]().build(model, device=torch.device("cpu"), estimation_tokens=8)
     except Exception as err:
         return f"optim={name} is not wired yet: {type(err).__name__}: {err}"
     return None

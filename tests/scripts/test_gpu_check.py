@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from optim.config import OPTIM_SCHEMAS
+from optim.registry import OPTIMIZERS
 from tests.conftest import REPO
 
 
@@ -23,11 +23,11 @@ def test_smoke_mode_runs_every_check_and_writes_json_and_table(tmp_path):
     assert report["smoke"] is True
     assert report["training"]["tokens_per_s"] > 0 and report["training"]["mfu"] is not None
     assert report["ddp"]["backend"] == "gloo" and report["ddp"]["all_reduce_ok"]
-    assert set(report["optimizers"]) == set(OPTIM_SCHEMAS)  # a new optim= is checked too
+    assert set(report["optimizers"]) == set(OPTIMIZERS)  # a new optim= is checked too
     for name, result in report["optimizers"].items():
         assert result["losses_finite"], name
         assert result["step_ms"] > 0 and result["step_x_fused_adamw"] > 0
-        has_hessian = "hess_interval" in OPTIM_SCHEMAS[name].__dataclass_fields__
+        has_hessian = "hess_interval" in OPTIMIZERS[name].__dataclass_fields__
         assert (result["refreshes"] > 0) == has_hessian, name
     table = (tmp_path / "gpu_check.md").read_text()
-    assert all(f"| {name} |" in table for name in OPTIM_SCHEMAS)
+    assert all(f"| {name} |" in table for name in OPTIMIZERS)

@@ -2,16 +2,15 @@
 
 import numpy as np
 
+from optim.registry import OPTIMIZERS, color, display_name
 from study.comparison import analyze
 from study.fits import Baseline, PowerLaw
 from study.plots import (
-    COLORS,
     _fit_warning_titles,
     plot_lr_sweep,
     repeats_steps,
     zoomed_limits,
 )
-from study.report import display_name
 from study.runs import load_study
 from study.settings import group_settings
 from tests.study.test_report import write_run
@@ -54,6 +53,7 @@ def test_a_fit_through_as_many_points_as_parameters_is_flagged():
     assert _fit_warning_titles(at_bound) == ["asymptote at its bound 0"]
 
 
-def test_muon_has_a_name_and_a_colour_of_its_own():
-    assert display_name("muon") == "Muon"
-    assert COLORS["muon"] not in {c for name, c in COLORS.items() if name != "muon"}
+def test_every_optimizer_has_a_name_and_a_colour_of_its_own():
+    assert display_name("muon") == "Muon" and display_name("unknown") == "unknown"
+    colours = [color(name) for name in OPTIMIZERS]
+    assert len(set(colours)) == len(colours) and "tab:gray" not in colours

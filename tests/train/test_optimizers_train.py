@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from model.gpt import GPT, GPTConfig
-from optim.builder import build_optimizer
-from optim.config import OPTIM_SCHEMAS
 from optim.hessian import GaussNewtonBartlett, Hutchinson
+from optim.registry import OPTIMIZERS
 from tests.conftest import read_metrics, run_train
 
 # Peak lrs that make the tiny TINY_RUN model learn in 30 steps (not tuned beyond that).
@@ -25,7 +24,7 @@ def losses(run_dir) -> dict[int, float]:
 
 
 def test_every_optim_choice_has_a_learning_rate_here():
-    assert set(LEARNING_RATES) == set(OPTIM_SCHEMAS)
+    assert set(LEARNING_RATES) == set(OPTIMIZERS)
 
 
 @pytest.mark.parametrize("optim", list(LEARNING_RATES))
@@ -54,8 +53,8 @@ def test_adahessian_refreshes_once_per_k_steps_from_step_zero(interval):
     """Before steps 0, k, 2k, ... and never after: with k = 1 step 0 gets one refresh, not two
     (an initial one and the after-step one, on the same estimation batch)."""
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16))
-    cfg = OPTIM_SCHEMAS["adahessian"](hess_interval=interval)
-    opt = build_optimizer(cfg, model, tokens_per_step=4 * 32, device=torch.device("cpu"))
+    cfg = OPTIMIZERS["adahessian"](hess_interval=interval)
+    opt = cfg.build(model, device=torch.device("cpu"), estimation_tokens=4 * 32)
     before = [step for step in range(9) if opt.refreshes_hessian_before(step)]
     after = [step for step in range(9) if opt.refreshes_hessian(step)]
     assert before == list(range(0, 9, interval)) and after == []
@@ -97,8 +96,8 @@ def test_resume_continues_exactly(tmp_path, corpus_dir, optim):
 )  # fmt: skip
 def test_builder_pairs_each_rule_with_its_estimator(optim, rule, estimator):
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16))
-    cfg = OPTIM_SCHEMAS[optim]()
-    opt = build_optimizer(cfg, model, tokens_per_step=4 * 32, device=torch.device("cpu"))
+    cfg = OPTIMIZERS[optim]()
+    opt = cfg.build(model, device=torch.device("cpu"), estimation_tokens=4 * 32)
     assert type(opt.optimizer).__name__ == rule
     assert (opt.estimator is None) if estimator is None else isinstance(opt.estimator, estimator)
     decays = [group["weight_decay"] for group in opt.optimizer.param_groups]
@@ -116,18 +115,15 @@ def test_sophia_g_scales_its_hessian_by_the_estimation_batch():
     with optim.hess_batch_size at half the batch, bs must be half the training tokens, or rho
     would silently double."""
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16))
-    opt = build_optimizer(
-        OPTIM_SCHEMAS["sophia"](), model, tokens_per_step=4 * 32, device=torch.device("cpu"),
-        estimation_tokens=2 * 32,
-    )  # fmt: skip
+    opt = OPTIMIZERS["sophia"]().build(model, device=torch.device("cpu"), estimation_tokens=2 * 32)
     assert opt.step_kwargs == {"bs": 2 * 32}
 
 
 @pytest.mark.parametrize("optim", ["sophiah", "adahessian"])
 def test_hutchinson_takes_its_probe_count_from_the_config(optim):
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16))
-    cfg = OPTIM_SCHEMAS[optim](n_probes=3)
-    opt = build_optimizer(cfg, model, tokens_per_step=4 * 32, device=torch.device("cpu"))
+    cfg = OPTIMIZERS[optim](n_probes=3)
+    opt = cfg.build(model, device=torch.device("cpu"), estimation_tokens=4 * 32)
     assert opt.estimator.n_probes == 3
 
 
@@ -150,7 +146,7 @@ def test_sophia_logs_its_warmed_share_and_win_rates_per_kind(tmp_path, corpus_di
     run_train(tmp_path / "run", corpus_dir, "optim=sophia", "optim.hess_interval=2",
               "max_steps=10", "log_interval=5")  # fmt: skip
     records = [r for r in read_metrics(tmp_path / "run") if "optim/win_rate" in r]
-    beta2 = OPTIM_SCHEMAS["sophia"]().betas[1]
+    beta2 = OPTIMIZERS["sophia"]().betas[1]
     assert [r["optim/hessian_warmed"] for r in records] == pytest.approx(
         [1 - beta2**2, 1 - beta2**5]
     )
