@@ -50,9 +50,13 @@ def train(cfg: TrainConfig, run_dir: Path, overrides: list[str]) -> None:
         world.barrier()  # every rank has checked the dir before rank 0 writes into it
         if world.is_main:
             write_record(run_dir, config, overrides, checkpoint and checkpoint.step)
-        logger = open_metrics(run, state, checkpoint, config)
-        start_message(run, state, checkpoint)
-        train_loop(run, state, logger)
+        try:
+            logger = open_metrics(run, state, checkpoint, config)
+            start_message(run, state, checkpoint)
+            train_loop(run, state, logger)
+        except USER_ERRORS as err:  # the run was accepted: its log says why it stopped
+            console.write_to_log_files(f"error: {err}")
+            raise
         world.barrier()  # ranks leave together (gloo can abort a rank whose peer already exited)
     finally:
         lock.release()
@@ -74,8 +78,8 @@ def main(dict_cfg: DictConfig) -> None:
 
 
 def fail(err: Exception) -> None:
+    """One line on stderr; a refused command leaves the run dir as it found it."""
     print(f"error: {err}", file=sys.stderr)
-    console.write_to_log_files(f"error: {err}")
     sys.exit(2)
 
 

@@ -70,6 +70,19 @@ class OptimizerPlan:
         values["hessian_warmed"] = 1.0 - self.hessian_beta**self.hessian_refreshes
         return values
 
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Every floating-point tensor of the per-parameter state (moments, h; not the scalar
+        step counts), those of the optimizers it wraps (MuonAdamW) included."""
+        inner = [self.optimizer] + [v for v in vars(self.optimizer).values()
+                                    if isinstance(v, torch.optim.Optimizer)]  # fmt: skip
+        return [
+            value
+            for optimizer in inner
+            for per_param in optimizer.state.values()
+            for value in per_param.values()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() > 0
+        ]
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "optimizer": self.optimizer.state_dict(),

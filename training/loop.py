@@ -18,7 +18,7 @@ from training.errors import RunError
 from training.evaluate import evaluate
 from training.metrics import MetricsLogger
 from training.state import TrainState
-from training.step import StepClocks, StepResult, train_step
+from training.step import StepClocks, StepResult, diverged_advice, train_step
 
 log = logging.getLogger("train")  # console and the run dir's train.log (training/console.py)
 
@@ -62,8 +62,7 @@ def train_loop(run: Run, state: TrainState, logger: MetricsLogger) -> None:
         if not result.finite and state.bad_steps_in_a_row >= cfg.max_bad_steps:
             raise RunError(
                 f"{state.bad_steps_in_a_row} steps in a row had a non-finite loss or gradient "
-                f"(last at step {step}); the last good checkpoint is in {run.checkpointer.root}: "
-                f"lower optim.lr or raise warmup, then resume"
+                f"(last at step {step}); {diverged_advice(run)}"
             )
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             evaluate_and_log(run, state, logger)

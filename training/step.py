@@ -15,6 +15,7 @@ import torch
 
 from optim.schedule import warmup_cosine_lr
 from training.build import Run
+from training.checkpoint import previous_wording
 from training.errors import RunError
 from training.hessian_pass import refresh_hessian
 from training.state import TrainState
@@ -68,7 +69,7 @@ def train_step(run: Run, state: TrainState, clocks: StepClocks) -> StepResult:
             run.scaler.step(plan.optimizer, **plan.step_kwargs)
         else:
             plan.step()
-        check_parameters_finite(run, step)
+        check_update_finite(run, step)
         state.bad_steps_in_a_row = 0
     else:
         state.skipped_steps += 1
@@ -107,17 +108,26 @@ def forward_backward(run: Run, step: int) -> torch.Tensor:
     return loss_sum
 
 
-def check_parameters_finite(run: Run, step: int) -> None:
-    """An update from a finite gradient can still overflow (optim.lr=1e6): stop before such
-    weights are evaluated on or saved. One fused norm over the parameters, a read of each once."""
-    norms = torch._foreach_norm([p.detach() for p in run.raw_model.parameters()])
-    if not bool(torch.isfinite(torch.stack(norms)).all()):
-        raise RunError(
-            f"the update of step {step + 1} made parameters non-finite (from a finite gradient: "
-            f"the step size is too large); nothing of it was saved and the last checkpoint in "
-            f"{run.checkpointer.root} is intact: lower optim.lr or raise optim.warmup_steps, "
-            f"then resume"
-        )
+def check_update_finite(run: Run, step: int) -> None:
+    """An update from a finite gradient can still overflow the weights or the optimizer's state
+    (optim.lr=1e39, a squared gradient past float32's range): stop before such a state is
+    evaluated on or saved. One fused norm per list, each tensor read once."""
+    weights = [p.detach() for p in run.raw_model.parameters()]
+    states = run.optimizer.state_tensors()
+    for what, tensors in (("parameters", weights), ("the optimizer's state", states)):
+        norms = [norm.float() for norm in torch._foreach_norm(tensors)]
+        if norms and not bool(torch.isfinite(torch.stack(norms)).all()):
+            raise RunError(
+                f"the update of step {step + 1} made {what} non-finite (from a finite gradient: "
+                f"the step size is too large); nothing of it was saved and {diverged_advice(run)}"
+            )
+
+
+def diverged_advice(run: Run) -> str:
+    """How a run that diverged goes on: from its last checkpoint if it has one."""
+    previous = run.checkpointer.previous()
+    again = "resume" if previous else "start again"
+    return f"{previous_wording(previous)}: lower optim.lr or raise optim.warmup_steps, then {again}"
 
 
 def timed_refresh(run: Run, state: TrainState, step: int, clocks: StepClocks) -> dict:

@@ -120,11 +120,12 @@ CASES = [
     ("negative-rho", ["optim=sophiah", "optim.rho=-1"], None, "optim.rho must be > 0"),
     ("beta-one", ["optim.betas=[0.9,1.0]"], None, "optim.betas must be two numbers in [0, 1)"),
     ("beta-negative", ["optim=lion", "optim.betas=[-0.1,0.9]"], None, "in [0, 1)"),
-    ("infinite-lr", ["optim.lr=inf"], None, "optim.lr must be a finite number, got inf"),
+    ("infinite-lr", ["optim.lr=inf"], None, "optim.lr must be a finite number (|x|"),
+    ("lr-past-float32", ["optim=muon", "optim.lr=1e39"], None, "float32's range), got 1e+39"),
     ("nan-weight-decay", ["optim.weight_decay=nan"], None, "optim.weight_decay must be a finite"),
     ("infinite-rho", ["optim=sophia", "optim.rho=inf"], None, "optim.rho must be a finite"),
-    ("nan-grad-clip", ["grad_clip=nan"], None, "grad_clip must be a finite number, got nan"),
-    ("infinite-eps", ["optim.eps=inf"], None, "optim.eps must be a finite number, got inf"),
+    ("nan-grad-clip", ["grad_clip=nan"], None, "grad_clip must be a finite number"),
+    ("infinite-eps", ["optim.eps=inf"], None, "optim.eps must be a finite number"),
     ("nan-beta", ["optim.betas=[0.9,nan]"], None, "optim.betas must be finite numbers"),
     ("negative-seed", ["seed=-1"], None, "seed must be in [0, 2**32 - 1"),
     ("seed-over-64-bits", [f"seed={2**64}"], None, "seed must be in [0, 2**32 - 1"),
@@ -152,7 +153,7 @@ CASES = [
     ("meta-token-count-disagrees", [], edit_meta(tokens={"train": 19_000}), "says 19000"),
     ("meta-vocab-over-model", [], edit_meta(vocab_size=1000), "set model.vocab_size >= 1000"),
     ("token-id-over-vocab", [], token_out_of_range, "holds token id 600"),
-    ("corpus-shorter-than-window", [], short_corpus, "fewer than one window"),
+    ("corpus-shorter-than-window", [], short_corpus, "exceeds the whole train split (20 tokens)"),
     ("checkpoint-other-shape", REFERENCE + ["model.n_embd=64"], existing_run, "model shape"),
     ("checkpoint-other-optimizer", ["optim=adamw"], existing_run, "trained with optim=sophia"),
     (
@@ -179,12 +180,13 @@ CASES = [
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
-    """Every file under `directory` except Hydra's record of the latest invocation (.hydra/,
-    the job log), which Hydra rewrites before train.py runs."""
+    """Every file under `directory`, the run's record (.hydra/) and log included, except the
+    run-dir lock: taking it (before anything is checked, so two writers cannot race) writes the
+    taker's pid into it, and it is not part of the record."""
     return {
         str(path.relative_to(directory)): path.read_bytes()
         for path in sorted(directory.rglob("*"))
-        if path.is_file() and ".hydra" not in path.parts and path.suffix != ".log"
+        if path.is_file() and path.name != ".lock"
     }
 
 

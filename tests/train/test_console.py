@@ -59,13 +59,25 @@ def test_console_lines_land_in_train_log_with_step0_eval_and_one_warmup_warning(
         assert line in log, f"console line missing from train.log: {line}"
 
 
-def test_missing_corpus_names_the_prepare_command_and_the_error_stays_in_train_log(tmp_path):
+def test_missing_corpus_names_the_prepare_command_and_leaves_the_run_dir_empty(tmp_path):
     run, missing = tmp_path / "run", tmp_path / "no-corpus"
     proc = run_cli(f"hydra.run.dir={run}", f"data.dir={missing}", "device=cpu")
     assert proc.returncode == 2
     assert f"run `python -m data.prepare data=shakespeare data.dir={missing}` first" in proc.stderr
     assert "<name>" not in proc.stderr
-    assert "error: no prepared corpus" in (run / "train.log").read_text()
+    assert not [path for path in run.rglob("*") if path.is_file() and path.name != ".lock"]
+
+
+def test_an_accepted_run_that_stops_on_an_error_keeps_it_in_train_log(tmp_path, corpus_dir):
+    run = tmp_path / "run"
+    proc = run_train(
+        run, corpus_dir, "optim.lr=1e6", "optim.warmup_steps=1", "max_bad_steps=2",
+        "max_steps=20", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "2 steps in a row had a non-finite loss or gradient" in proc.stderr
+    assert "there is no earlier checkpoint" in proc.stderr
+    assert "2 steps in a row had a non-finite" in (run / "train.log").read_text()
 
 
 def test_a_sophia_key_on_adamw_hints_optim_sophia(tmp_path):
