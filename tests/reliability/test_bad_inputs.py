@@ -7,6 +7,7 @@ All cases run in one interpreter, forked per case (fork_runner.py), to pay torch
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -87,6 +88,18 @@ def short_corpus(case: Path, corpus: Path, reference: Path) -> None:
 
 def existing_run(case: Path, corpus: Path, reference: Path) -> None:
     shutil.copytree(reference, case / "run")
+
+
+HELD_LOCKS = []  # open while the cases run: a flock held by this (pytest's) process
+
+
+def run_in_use(case: Path, corpus: Path, reference: Path) -> None:
+    existing_run(case, corpus, reference)
+    handle = open(case / "run" / ".lock", "w")  # noqa: SIM115 (held until the module ends)
+    handle.write("pid 4242 on testhost\n")
+    handle.flush()
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    HELD_LOCKS.append(handle)
 
 
 def newest_checkpoint(case: Path, corpus: Path, reference: Path) -> Path:
@@ -176,6 +189,11 @@ CASES = [
     ),
     ("resume-path-missing", ["resume=/nonexistent/run"], None, "does not exist"),
     ("fresh-start-into-a-run", ["resume=never"], existing_run, "already holds a run"),
+    # A finished run resumed with settings that change what is trained (its .hydra/ untouched).
+    ("resume-other-lr", REFERENCE + ["optim.lr=1e-3"], existing_run, "(optim.lr=0.0006 -> 0.001)"),
+    ("resume-other-seed", REFERENCE + ["seed=7"], existing_run, "other settings (seed=0 -> 7)"),
+    ("resume-other-batch", REFERENCE + ["batch_size=2"], existing_run, "(batch_size=4 -> 2)"),
+    ("run-dir-in-use", REFERENCE + ["max_steps=14"], run_in_use, "in use by pid 4242 on testhost"),
 ]
 
 
@@ -212,6 +230,8 @@ def outcomes(tmp_path_factory, corpus_dir, reference_run) -> dict[str, tuple]:
         env={**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"},
         check=True,
     )
+    for handle in HELD_LOCKS:
+        handle.close()
     results = {}
     for name, *_ in CASES:
         case = root / name
