@@ -73,7 +73,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     grad_clip: float = 1.0  # 0 disables clipping
     log_interval: int = 10
-    eval_interval: int = 100
+    eval_interval: int = 50
     eval_iters: int = 4  # fixed validation batches of batch_size sequences
     ckpt_interval: int = 1000
     ckpt_keep: int = 2

@@ -146,7 +146,7 @@ class RunDirLock:
 
     def release(self) -> None:
         if self._file is not None:
-            self._file.close()  # closing drops the flock; the file stays (an empty marker)
+            self._file.close()  # closing drops the flock; the file stays, naming the last holder
             self._file = None
 
 

@@ -1,0 +1,111 @@
+"""The run's pieces in-process on a tiny model: train_step, the Hessian pass, evaluation and the
+update guard (the subprocess tests in test_train.py hold the whole command)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from configs.schema import TrainConfig, register_configs
+from tests.conftest import REPO, TINY_RUN
+from training.build import Run, build_run
+from training.distributed import Distributed
+from training.errors import RunError
+from training.hessian_pass import refresh_hessian
+from training.loop import evaluate_and_log
+from training.state import TrainState
+from training.step import StepClocks, check_update_finite, train_step
+
+SINGLE_CPU = Distributed(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def make_run(tmp_path, corpus_dir, *overrides: str) -> Run:
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        dict_cfg = compose(
+            config_name="train", overrides=[f"data.dir={corpus_dir}", *TINY_RUN, *overrides]
+        )
+    cfg: TrainConfig = OmegaConf.to_object(dict_cfg)
+    return build_run(cfg, SINGLE_CPU, tmp_path / "run")
+
+
+def weights(run: Run) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in run.raw_model.parameters()]
+
+
+def test_a_step_updates_the_weights_and_advances_the_counters(tmp_path, corpus_dir):
+    run = make_run(tmp_path, corpus_dir, "max_steps=10")
+    state, before = TrainState(), weights(run)
+    result = train_step(run, state, StepClocks())
+    assert result.finite and math.isfinite(result.grad_norm)
+    assert result.lr == pytest.approx(run.cfg.optim.lr / run.cfg.optim.warmup_steps)
+    assert (state.step, state.tokens, state.skipped_steps) == (1, run.tokens_per_step, 0)
+    assert state.flops >= run.flops_per_token * run.tokens_per_step
+    assert all(not torch.equal(a, b) for a, b in zip(before, weights(run), strict=True))
+    assert all(p.grad is None for p in run.raw_model.parameters())  # zeroed for the next step
+
+
+def test_a_non_finite_gradient_skips_the_step_and_touches_nothing(tmp_path, corpus_dir):
+    run = make_run(tmp_path, corpus_dir, "max_steps=10")
+    state = TrainState()
+    train_step(run, state, StepClocks())  # the optimizer now holds state
+    before, moments = weights(run), [t.clone() for t in run.optimizer.state_tensors()]
+    poisoned = next(run.raw_model.parameters())
+    poisoned.register_hook(lambda grad: grad * float("nan"))
+    result = train_step(run, state, StepClocks())
+    assert not result.finite
+    assert (state.step, state.skipped_steps, state.bad_steps_in_a_row) == (2, 1, 1)
+    assert all(torch.equal(a, b) for a, b in zip(before, weights(run), strict=True))
+    after = run.optimizer.state_tensors()
+    assert all(torch.equal(a, b) for a, b in zip(moments, after, strict=True))
+
+
+def test_the_update_guard_stops_on_non_finite_weights_or_optimizer_state(tmp_path, corpus_dir):
+    run = make_run(tmp_path, corpus_dir, "max_steps=10")
+    train_step(run, TrainState(), StepClocks())
+    check_update_finite(run, 0)  # a finite update passes
+    moment = run.optimizer.state_tensors()[0]
+    moment[0] = float("inf")
+    with pytest.raises(RunError, match="made the optimizer's state non-finite.*no earlier"):
+        check_update_finite(run, 0)
+    moment[0] = 0.0
+    with torch.no_grad():
+        next(run.raw_model.parameters())[0] = float("nan")
+    with pytest.raises(RunError, match="update of step 1 made parameters non-finite"):
+        check_update_finite(run, 0)
+
+
+@pytest.mark.parametrize("optim", ["sophia", "sophiah", "adahessian"])
+def test_the_hessian_pass_fills_h_and_counts_the_refresh(tmp_path, corpus_dir, optim):
+    run = make_run(tmp_path, corpus_dir, f"optim={optim}", "max_steps=10")
+    stats = refresh_hessian(run, step=0)
+    assert stats["skipped"] == 0 and stats["flops"] > 0
+    assert run.optimizer.hessian_refreshes == 1
+    key = "exp_hessian_diag_sq" if optim == "adahessian" else "hessian"  # AdaHessian: EMA of D^2
+    hessians = [s[key] for s in run.optimizer.optimizer.state.values() if key in s]
+    assert hessians and all(bool(torch.isfinite(h).all()) for h in hessians)
+    assert any(bool((h != 0).any()) for h in hessians)
+    assert all(p.grad is None for p in run.raw_model.parameters())  # the pass leaves no gradient
+
+
+def test_evaluation_is_deterministic_and_logged_at_the_step(tmp_path, corpus_dir):
+    run = make_run(tmp_path, corpus_dir, "max_steps=10", "eval_iters=2")
+
+    class Recorder:
+        records: list = []
+
+        def log(self, event, step, record):
+            self.records.append((event, step, record))
+
+    logger, state = Recorder(), TrainState(step=3)
+    evaluate_and_log(run, state, logger)
+    evaluate_and_log(run, state, logger)
+    (event, step, first), (_, _, second) = logger.records
+    assert (event, step) == ("eval", 3)
+    assert first["val/loss"] == second["val/loss"] and first["train/loss"] == second["train/loss"]
+    assert math.log(run.cfg.model.vocab_size) == pytest.approx(first["val/loss"], rel=0.1)
+    assert run.raw_model.training  # evaluation puts the model back into training mode
