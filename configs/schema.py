@@ -25,6 +25,7 @@ from configs.validation import check_seed, reject_non_finite
 from data.config import DataConfig
 from model.gpt import GPTConfig
 from optim.registry import OPTIMIZERS
+from training.errors import first_line
 from training.run_dir import register_run_name_resolver
 
 
@@ -135,7 +136,7 @@ def describe_config_error(err: Exception) -> str:
             f"(files of configs/{group}/)"
         )
     if isinstance(err, OverrideParseException):
-        return f"cannot parse the override: {_first_line(err)} (Hydra override grammar)"
+        return f"cannot parse the override: {first_line(err)} (Hydra override grammar)"
     cause = err.__cause__
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
         where = cause.full_key.rpartition(".")[0]
@@ -145,8 +146,8 @@ def describe_config_error(err: Exception) -> str:
             message = f"unknown key {cause.full_key}: {where or 'the top level'} has {valid}"
             return message + _other_optimizers_hint(cause.full_key, schema)
     if cause is not None:
-        return f"{_first_line(err)}: {_first_line(cause)}"
-    return _first_line(err)
+        return f"{first_line(err)}: {first_line(cause)}"
+    return first_line(err)
 
 
 def _other_optimizers_hint(full_key: str, schema: type) -> str:
@@ -163,8 +164,3 @@ def _other_optimizers_hint(full_key: str, schema: type) -> str:
     if not owners:
         return ""
     return f"; {key} belongs to optim={', '.join(owners)}: add optim={owners[0]}"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(err).__name__

@@ -1,7 +1,7 @@
-"""Conversion between our GPT and Hugging Face's GPT2LMHeadModel, both ways, and loading either.
+"""Conversion between our GPT and Hugging Face's GPT2LMHeadModel, both ways, and HF loading.
 
-`load_model_from_checkpoint` reads a checkpoint of ours, `load_hf_model` a local HF GPT-2 folder,
-and `import_hf_weights` copies such a folder into a model built from our config (`init_from`).
+`load_hf_model` reads a local HF GPT-2 folder and `import_hf_weights` copies such a folder into
+a model built from our config (`init_from`); training/loading.py reads our own checkpoints.
 
 The two are the same network with different storage:
 - HF keeps its projections in `Conv1D`, which computes x @ W + b with W of shape (in, out): the
@@ -22,12 +22,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 from model.gpt import GPT, GPTConfig
-from training.checkpoint import find_checkpoint
 
 GPT2_EOT_TOKEN = 50256  # <|endoftext|>, GPT-2's bos and eos
 COMPILE_PREFIX = "_orig_mod."  # torch.compile's wrapper module prefixes every key with this
@@ -166,38 +164,6 @@ def gpt_from_state_dict(cfg: GPTConfig, state_dict: dict[str, torch.Tensor]) -> 
     return model
 
 
-def load_model_from_checkpoint(path: str | Path) -> GPT:
-    """Our GPT (eval mode) from a checkpoint dir, or from the latest checkpoint of a run dir.
-
-    A checkpoint is `<run_dir>/checkpoints/step_XXXXXXXX/` holding `model.safetensors` and
-    `meta.json` with the GPTConfig fields under "model_config" (see training/checkpoint.py).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist: expected a run dir (with checkpoints/step_*/) "
-            "or a checkpoint dir (with model.safetensors and meta.json)"
-        )
-    checkpoint = find_checkpoint(path)
-    weights = checkpoint.path / "model.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{checkpoint.path} has no model.safetensors")
-    fields = checkpoint.meta.get("model_config")
-    if fields is None:
-        raise ValueError(
-            f"{checkpoint.path / 'meta.json'} has no 'model_config' (the GPTConfig fields)"
-        )
-    known = set(GPTConfig.__dataclass_fields__)
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(
-            f"{checkpoint.path / 'meta.json'} model_config has unknown keys {unknown}; "
-            f"GPTConfig has {sorted(known)}"
-        )
-    model = gpt_from_state_dict(GPTConfig(**fields), load_file(str(weights)))
-    return model.eval()
-
-
 def load_hf_model(folder: str | Path) -> GPT2LMHeadModel:
     """A GPT2LMHeadModel (float32, eval mode) from a local Hugging Face folder, offline.
 
@@ -224,7 +190,8 @@ def load_hf_model(folder: str | Path) -> GPT2LMHeadModel:
     try:
         model = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True)
     except OSError as err:  # no weights file, or a truncated one
-        raise ValueError(f"cannot load the weights of {folder}: {_first_line(err)}") from None
+        reason = (str(err).strip() or type(err).__name__).splitlines()[0]  # HF's first line
+        raise ValueError(f"cannot load the weights of {folder}: {reason}") from None
     finally:
         if bar_was_on:
             hf_logging.enable_progress_bar()
@@ -273,8 +240,3 @@ def import_hf_weights(model: GPT, folder: str | Path) -> None:
                 target.copy_(value[: target.shape[0]])
             else:
                 target.copy_(value)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -33,9 +33,8 @@ from configs.schema import TrainConfig, register_configs  # noqa: E402
 from data.batches import TokenWindows, load_split  # noqa: E402
 from model.gpt import GPT  # noqa: E402
 from model.mfu import mfu, peak_flops  # noqa: E402
+from training.build import DTYPES  # noqa: E402
 from training.distributed import pick_device  # noqa: E402
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def load_config(overrides: list[str]) -> TrainConfig:

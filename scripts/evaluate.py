@@ -33,12 +33,12 @@ from tqdm import tqdm  # noqa: E402
 from configs.schema import TrainConfig  # noqa: E402
 from data.batches import load_split  # noqa: E402
 from data.tokenizer import TOKENIZERS  # noqa: E402
-from model.loading import TrainedModel, load_trained_model  # noqa: E402
+from training.build import DTYPES  # noqa: E402
 from training.checkpoint import CheckpointError, find_checkpoint  # noqa: E402
 from training.distributed import Distributed, pick_device  # noqa: E402
 from training.evaluate import evaluate, evaluation_windows  # noqa: E402
+from training.loading import TrainedModel, load_trained_model  # noqa: E402
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 SETTINGS = ("block_size", "batch_size", "eval_iters", "micro_batch_size", "dtype")
 
 

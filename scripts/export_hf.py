@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from transformers import GPT2Tokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from model.hf import GPT2_EOT_TOKEN, load_model_from_checkpoint, to_hf  # noqa: E402
+from model.hf import GPT2_EOT_TOKEN, to_hf  # noqa: E402
+from training.loading import load_model_from_checkpoint  # noqa: E402
 
 
 def gpt2_bpe_files() -> tuple[Path, Path] | None:

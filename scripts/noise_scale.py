@@ -24,9 +24,9 @@ sys.path.insert(0, str(REPO))  # run from anywhere, no install
 import torch  # noqa: E402
 
 from data.batches import TokenWindows, load_split  # noqa: E402
-from model.hf import load_model_from_checkpoint  # noqa: E402
 from study.noise_scale import gram_matrix, noise_scale_from_gram  # noqa: E402
 from training.checkpoint import CheckpointError, find_checkpoint  # noqa: E402
+from training.loading import load_model_from_checkpoint  # noqa: E402
 
 
 def batch_gradients(model, windows: TokenWindows, batches: int, sequences: int):

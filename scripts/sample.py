@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 import torch  # noqa: E402
 
 from data.tokenizer import TOKENIZERS, load_tokenizer  # noqa: E402
-from model.loading import TrainedModel, load_trained_model  # noqa: E402
 from model.sampling import TextStream, sample_tokens  # noqa: E402
+from training.build import DTYPES  # noqa: E402
 from training.distributed import pick_device  # noqa: E402
+from training.loading import TrainedModel, load_trained_model  # noqa: E402
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 SEPARATOR = "\n" + "-" * 40
 
 

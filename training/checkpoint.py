@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from training.distributed import Distributed
+from training.errors import first_line
 
 STEP_DIR_PREFIX = "step_"
 STEP_DIR = re.compile(rf"{STEP_DIR_PREFIX}(\d+)")  # step_latest, step_4.bak: not checkpoints
@@ -97,11 +98,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
     """Directories named step_<digits> under `ckpt_root`, oldest first (complete or not)."""
     if not ckpt_root.is_dir():
@@ -127,7 +123,7 @@ def _parse_meta(meta_path: Path) -> tuple[dict[str, Any] | None, str]:
     except OSError as err:
         return None, f"cannot read {meta_path} ({err.strerror or err})"
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        return None, f"{meta_path} is corrupt ({_first_line(err)})"
+        return None, f"{meta_path} is corrupt ({first_line(err)})"
     if not isinstance(meta, dict):
         return None, f"{meta_path} is not a JSON object"
     step = meta.get("step")
@@ -281,7 +277,7 @@ class Checkpointer:
         except (OSError, RuntimeError, SafetensorError) as err:
             shutil.rmtree(tmp, ignore_errors=True)  # give back the space the partial files took
             free_mb = shutil.disk_usage(self.root).free / 2**20
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
             previous = self.previous()
             raise CheckpointWriteError(
                 f"{reason} while writing {tmp.name} ({free_mb:,.0f} MiB free); "
@@ -365,7 +361,7 @@ def load_into(
         missing, unexpected = load_model(model, str(weights), strict=False)
     except (OSError, RuntimeError, SafetensorError) as err:  # truncated, corrupt, wrong shape
         raise CheckpointError(
-            f"cannot load {weights} ({_first_line(err)}): delete this checkpoint directory to "
+            f"cannot load {weights} ({first_line(err)}): delete this checkpoint directory to "
             f"resume from an older one, or start a new run"
         ) from None
     if missing or unexpected:
@@ -417,7 +413,7 @@ def _load_tensors(path: Path, device: torch.device) -> dict[str, Any]:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch's explanation spans many lines: keep its first
         raise CheckpointError(
-            f"refusing {path}: not a plain tensor checkpoint ({_first_line(err)}); delete this "
+            f"refusing {path}: not a plain tensor checkpoint ({first_line(err)}); delete this "
             f"checkpoint directory to resume from an older one, or start a new run"
         ) from None
 

@@ -22,9 +22,9 @@ from model.hf import (
     from_hf,
     gpt_from_state_dict,
     import_hf_weights,
-    load_model_from_checkpoint,
     to_hf,
 )
+from training.loading import load_model_from_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 EXPORT_SCRIPT = REPO / "scripts" / "export_hf.py"

@@ -1,8 +1,9 @@
 """One entry point for the model a user points at: a run dir, a checkpoint dir or an HF folder.
 
-scripts/sample.py and scripts/evaluate.py take any of the three; this module finds out which it
-is, loads our GPT from it (an HF GPT-2 folder through model/hf.py's conversion, so the same code
-runs every model) and reports what the source says about how it was trained.
+scripts/sample.py and scripts/evaluate.py take any of the three (scripts/export_hf.py and
+scripts/noise_scale.py a checkpoint); this module finds out which it is, loads our GPT from it
+(an HF GPT-2 folder through model/hf.py's conversion, so the same code runs every model) and
+reports what the source says about how it was trained.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
+
 from data.tokenizer import TOKENIZERS, ByteTokenizer, GPT2Tokenizer
-from model.gpt import GPT
-from model.hf import from_hf, load_hf_model, load_model_from_checkpoint
+from model.gpt import GPT, GPTConfig
+from model.hf import from_hf, gpt_from_state_dict, load_hf_model
 from training.checkpoint import find_checkpoint
 
 
@@ -64,3 +67,35 @@ def tokenizer_of_vocab(vocab_size: int) -> str | None:
     if vocab_size == ByteTokenizer.vocab_size:
         return "bytes"
     return None
+
+
+def load_model_from_checkpoint(path: str | Path) -> GPT:
+    """Our GPT (eval mode) from a checkpoint dir, or from the latest checkpoint of a run dir.
+
+    A checkpoint is `<run_dir>/checkpoints/step_XXXXXXXX/` holding `model.safetensors` and
+    `meta.json` with the GPTConfig fields under "model_config" (see training/checkpoint.py).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: expected a run dir (with checkpoints/step_*/) "
+            "or a checkpoint dir (with model.safetensors and meta.json)"
+        )
+    checkpoint = find_checkpoint(path)
+    weights = checkpoint.path / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{checkpoint.path} has no model.safetensors")
+    fields = checkpoint.meta.get("model_config")
+    if fields is None:
+        raise ValueError(
+            f"{checkpoint.path / 'meta.json'} has no 'model_config' (the GPTConfig fields)"
+        )
+    known = set(GPTConfig.__dataclass_fields__)
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(
+            f"{checkpoint.path / 'meta.json'} model_config has unknown keys {unknown}; "
+            f"GPTConfig has {sorted(known)}"
+        )
+    model = gpt_from_state_dict(GPTConfig(**fields), load_file(str(weights)))
+    return model.eval()
