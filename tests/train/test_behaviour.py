@@ -25,8 +25,9 @@ def same(expected, actual) -> bool:
     return expected == actual
 
 
-def test_every_optimizer_has_a_record():
-    assert set(SETTINGS) == set(OPTIMIZERS)
+def test_every_record_is_of_a_registered_optimizer():
+    # An optimizer added after the split has no pre-split record to keep to: a subset, not equal.
+    assert set(SETTINGS) <= set(OPTIMIZERS)
 
 
 @pytest.mark.parametrize("optim", list(SETTINGS))
