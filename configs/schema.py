@@ -30,6 +30,7 @@ from training.run_dir import register_run_name_resolver
 
 
 class Dtype(Enum):
+    auto = "auto"  # bfloat16 where the device computes it natively, else float16 / float32
     bfloat16 = "bfloat16"
     float16 = "float16"
     float32 = "float32"
@@ -69,7 +70,7 @@ class TrainConfig:
     batch_size: int = 16  # global sequences per optimizer step
     micro_batch_size: int | None = None  # sequences per rank per forward; None: no accumulation
     block_size: int = 128  # training context length (<= model.block_size)
-    dtype: Dtype = Dtype.bfloat16
+    dtype: Dtype = Dtype.auto  # training/build.py resolve_dtype
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda
     grad_clip: float = 1.0  # 0 disables clipping

@@ -33,7 +33,7 @@ from configs.schema import TrainConfig, register_configs  # noqa: E402
 from data.batches import TokenWindows, load_split  # noqa: E402
 from model.gpt import GPT  # noqa: E402
 from model.mfu import mfu, peak_flops  # noqa: E402
-from training.build import DTYPES  # noqa: E402
+from training.build import resolve_dtype  # noqa: E402
 from training.distributed import pick_device  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def build_step_pieces(cfg: TrainConfig):
     model = torch.compile(raw) if cfg.compile else raw
     tokens_per_step = cfg.batch_size * cfg.block_size
     opt = cfg.optim.build(raw, device=device, estimation_tokens=tokens_per_step)
-    dtype = DTYPES[cfg.dtype.value]
+    dtype = resolve_dtype(cfg.dtype.value, device)
     autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
     return device, raw, model, opt, autocast
 

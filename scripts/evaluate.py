@@ -33,7 +33,7 @@ from tqdm import tqdm  # noqa: E402
 from configs.schema import TrainConfig  # noqa: E402
 from data.batches import load_split  # noqa: E402
 from data.tokenizer import TOKENIZERS  # noqa: E402
-from training.build import DTYPES  # noqa: E402
+from training.build import DTYPES, resolve_dtype  # noqa: E402
 from training.checkpoint import CheckpointError, find_checkpoint  # noqa: E402
 from training.distributed import Distributed, pick_device  # noqa: E402
 from training.evaluate import evaluate, evaluation_windows  # noqa: E402
@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--eval-iters", type=int, help="batches per split")
     parser.add_argument("--micro-batch-size", type=int, help="sequences per forward")
-    parser.add_argument("--dtype", choices=list(DTYPES), help="autocast dtype (float32: none)")
+    parser.add_argument(
+        "--dtype", choices=["auto", *DTYPES], help="autocast dtype (auto: as train.py picks it)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = parser.parse_args(argv)
     for name in ("block_size", "batch_size", "eval_iters", "micro_batch_size"):
@@ -152,9 +154,7 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     windows = {split: windows[split] for split in args.split}
 
     device = pick_device(args.device, 0)
-    if settings["dtype"] is None:
-        settings["dtype"] = "bfloat16" if device.type == "cuda" else "float32"
-    dtype = DTYPES[settings["dtype"]]
+    dtype = resolve_dtype(settings["dtype"] or "auto", device)  # as train.py resolves it
     autocast = partial(torch.autocast, device.type, dtype=dtype, enabled=dtype != torch.float32)
     micro, batch = settings["micro_batch_size"], settings["batch_size"]
     accum = batch // micro

@@ -7,7 +7,8 @@
 Tokens are printed as they are drawn. The tokenizer is the run's (`data.tokenizer`: gpt2 or
 bytes); an HF folder's follows from its vocabulary (>= 50257: gpt2, 256: bytes), or give
 --tokenizer. An empty prompt starts from the end-of-text token, as every document in a prepared
-corpus does. On CUDA the model runs under bfloat16 autocast (--dtype), on the CPU in float32.
+corpus does. The model runs under bfloat16 autocast where the device computes it natively
+(--dtype), else in float32 on CPU and float16 on CUDA.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch  # noqa: E402
 
 from data.tokenizer import TOKENIZERS, load_tokenizer  # noqa: E402
 from model.sampling import TextStream, sample_tokens  # noqa: E402
-from training.build import DTYPES  # noqa: E402
+from training.build import DTYPES, resolve_dtype  # noqa: E402
 from training.distributed import pick_device  # noqa: E402
 from training.loading import TrainedModel, load_trained_model  # noqa: E402
 
@@ -45,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument(
-        "--dtype", choices=["auto", *DTYPES], default="auto", help="auto: bfloat16 on CUDA"
+        "--dtype", choices=["auto", *DTYPES], default="auto", help="auto: as train.py picks it"
     )
     parser.add_argument(
         "--tokenizer", choices=TOKENIZERS, help="override the one the model's source implies"
@@ -89,9 +90,7 @@ def sample(args: argparse.Namespace) -> None:
     ids = prompt_ids(text, tokenizer, trained)
 
     device = pick_device(args.device, 0)
-    dtype = DTYPES["bfloat16" if device.type == "cuda" else "float32"]
-    if args.dtype != "auto":
-        dtype = DTYPES[args.dtype]
+    dtype = resolve_dtype(args.dtype, device)
     autocast = partial(torch.autocast, device.type, dtype=dtype, enabled=dtype != torch.float32)
     model = trained.model.to(device)
     generator = torch.Generator(device=device).manual_seed(args.seed)

@@ -32,6 +32,26 @@ from training.evaluate import evaluation_windows
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 matmuls in hardware: CUDA GPUs from Ampere on, CPUs
+    with AVX512-BF16 or AMX. Elsewhere CPU autocast emulates bfloat16, about 20x slower than
+    float32 (gpt2-tiny on a 2-core AVX2 EPYC: 47 against 1,007 tokens/s)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """`dtype=auto`: bfloat16 where native, else float16 (with a GradScaler) on CUDA and
+    float32 on CPU; any other value as given."""
+    if requested != "auto":
+        return DTYPES[requested]
+    if native_bfloat16(device):
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
 @dataclass(frozen=True)
 class BatchShape:
     """How a global batch of `sequences` splits over ranks and micro-batches."""
@@ -73,6 +93,7 @@ class Run:
     raw_model: GPT  # the plain module: weights, checkpoints, double backward
     model: nn.Module  # what forward is called on: compiled and/or DDP-wrapped
     optimizer: OptimizerPlan
+    dtype: torch.dtype  # the autocast dtype, `dtype=auto` resolved for this device
     autocast: Callable[[], AbstractContextManager]
     scaler: torch.amp.GradScaler
     checkpointer: Checkpointer
@@ -156,7 +177,7 @@ def build_run(
     model = torch.compile(raw_model) if cfg.compile else raw_model
     if world.enabled:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    dtype = DTYPES[cfg.dtype.value]
+    dtype = resolve_dtype(cfg.dtype.value, device)
     return Run(
         cfg=cfg,
         world=world,
@@ -167,6 +188,7 @@ def build_run(
         raw_model=raw_model,
         model=model,
         optimizer=optimizer,
+        dtype=dtype,
         autocast=autocast_context(device, dtype),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         checkpointer=Checkpointer(run_dir, cfg.ckpt_keep, world),

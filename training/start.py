@@ -6,10 +6,11 @@ import json
 import logging
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from training import console
-from training.build import Run
+from training.build import Run, native_bfloat16
 from training.checkpoint import Checkpoint
 from training.metrics import MetricsLogger
 from training.state import TrainState
@@ -30,7 +31,7 @@ def run_facts(run: Run) -> dict[str, Any]:
         "optimizer": cfg.optim.name,
         "seed": cfg.seed,
         "device": str(run.device),
-        "dtype": cfg.dtype.value,
+        "dtype": str(run.dtype).removeprefix("torch."),
     }
 
 
@@ -68,3 +69,9 @@ def start_message(run: Run, state: TrainState, checkpoint: Checkpoint | None) ->
     )
     if warning := console.warmup_warning(cfg.optim.warmup_steps, cfg.max_steps, cfg.optim.lr):
         log.warning(warning)
+    if run.dtype == torch.bfloat16 and not native_bfloat16(run.device):
+        fallback = "float16" if run.device.type == "cuda" else "float32"
+        log.warning(
+            f"warning: dtype=bfloat16 on a {run.device.type} without native bfloat16 is emulated "
+            f"(on CPU about 20x slower than float32): dtype=auto picks {fallback} here"
+        )

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from configs.schema import TrainConfig, register_configs
 from tests.conftest import REPO, TINY_RUN
+from training import build
 from training.build import Run, build_run
 from training.distributed import Distributed
 from training.errors import RunError
@@ -109,3 +110,16 @@ def test_evaluation_is_deterministic_and_logged_at_the_step(tmp_path, corpus_dir
     assert first["val/loss"] == second["val/loss"] and first["train/loss"] == second["train/loss"]
     assert math.log(run.cfg.model.vocab_size) == pytest.approx(first["val/loss"], rel=0.1)
     assert run.raw_model.training  # evaluation puts the model back into training mode
+
+
+@pytest.mark.parametrize(
+    ("device", "native", "expected"),
+    [("cpu", True, torch.bfloat16), ("cpu", False, torch.float32),
+     ("cuda", True, torch.bfloat16), ("cuda", False, torch.float16)],
+)  # fmt: skip
+def test_dtype_auto_is_bfloat16_only_where_the_device_computes_it(
+    monkeypatch, device, native, expected
+):
+    monkeypatch.setattr(build, "native_bfloat16", lambda _: native)
+    assert build.resolve_dtype("auto", torch.device(device)) == expected
+    assert build.resolve_dtype("bfloat16", torch.device(device)) == torch.bfloat16  # as asked
