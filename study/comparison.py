@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from study.bootstrap import Interval, bootstrap_speedups, resample_baselines
-from study.fits import Baseline, fit_baseline, speedup
+from study.fits import MIN_HORIZONS_FOR_FIT, Baseline, fit_baseline, speedup
 from study.runs import UNITS, Run
 from study.settings import SettingResult, best_settings, group_settings
 
@@ -147,6 +147,18 @@ def compare(
     )
 
 
+def seeded_baseline_points(
+    points: list[SettingResult], n_resamples: int
+) -> tuple[list[SettingResult], list[SettingResult]]:
+    """(points to fit, points left out). The bootstrap resamples every horizon's seeds; one
+    single-seed horizon among seeded ones would leave no interval anywhere, so while at least
+    MIN_HORIZONS_FOR_FIT horizons have several seeds, the single-seed ones wait for theirs."""
+    seeded = [point for point in points if point.n >= 2]
+    if n_resamples == 0 or len(seeded) < MIN_HORIZONS_FOR_FIT or len(seeded) == len(points):
+        return points, []
+    return seeded, [point for point in points if point.n < 2]
+
+
 def analyze(
     runs: Sequence[Run],
     baseline_name: str = "adamw",
@@ -176,6 +188,14 @@ def analyze(
         if not points:
             notes.append(f"model {model}: no {baseline_name} runs, left out of the comparison")
             continue
+        points, left_out = seeded_baseline_points(points, n_resamples)
+        if left_out:
+            waiting = ", ".join(f"{point.setting.max_steps:,}" for point in left_out)
+            notes.append(
+                f"model {model}: {baseline_name} at {waiting} "
+                f"steps has a single seed while its other horizons have several: left out of the "
+                f"baseline fit until its seeds finish (a single seed would strip every interval)"
+            )
         baseline = fit_baseline(points, unit)
         baselines[model] = baseline
         if baseline.note:

@@ -195,6 +195,16 @@ def test_single_seed_gives_no_interval():
     assert speedup.verdict_vs_one() == "no CI"
 
 
+def test_a_single_seed_baseline_horizon_waits_for_its_seeds_instead_of_stripping_intervals():
+    seeded = sweep("adamw", ADAMW.loss)
+    anchor = sweep("adamw", ADAMW.loss, horizons=(8000,), offsets=(0.02,))  # one seed, off-law
+    analysis = analyze(seeded + anchor + sweep("sophia", twice_as_fast), n_resamples=200)
+    speedup = row(analysis, "sophia", 1000).speedups["steps"]
+    assert speedup.has_interval and speedup.low < 2.0 < speedup.high
+    assert any("adamw at 8,000 steps has a single seed" in note for note in analysis.notes)
+    assert max(analysis.baselines["tiny"].horizons) == 4000  # fitted without the anchor
+
+
 def test_two_horizons_fall_back_to_interpolation_and_say_so():
     runs = sweep("adamw", ADAMW.loss, horizons=(1000, 4000)) + sweep(
         "sophia", twice_as_fast, horizons=(1000, 2000)
