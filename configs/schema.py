@@ -137,7 +137,13 @@ def describe_config_error(err: Exception) -> str:
             f"(files of configs/{group}/)"
         )
     if isinstance(err, OverrideParseException):
-        return f"cannot parse the override: {first_line(err)} (Hydra override grammar)"
+        override = first_line(err).rpartition(": ")[2]
+        key, _, value = override.partition("=")
+        hint = ""
+        if value and not value.isascii():
+            # Hydra's unquoted values are ASCII; a quoted one takes any character.
+            hint = f": quote the value, e.g. \"{key}='{value}'\" in the shell"
+        return f"cannot parse the override: {first_line(err)} (Hydra override grammar){hint}"
     cause = err.__cause__
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
         where = cause.full_key.rpartition(".")[0]

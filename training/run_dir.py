@@ -99,8 +99,30 @@ def check_run_dir_argument(args: Sequence[str]) -> None:
     """`hydra.run.dir=` given empty would put the run into the working directory itself."""
     for arg in args:
         key, _, value = arg.partition("=")
-        if key == "hydra.run.dir" and not value.strip().strip("'\""):
+        if key != "hydra.run.dir":
+            continue
+        value = value.strip().strip("'\"")
+        if not value:
             raise RunError("hydra.run.dir is empty: give a directory, e.g. hydra.run.dir=runs/x")
+        if "${" not in value:
+            check_run_dir_path(Path(value))
+
+
+def check_run_dir_path(path: Path) -> None:
+    """Hydra creates the run dir before train.py runs: a path that is a file, or under a
+    directory this process cannot write, would end in its traceback."""
+    if path.exists() and not path.is_dir():
+        raise RunError(f"hydra.run.dir={path} is a file, not a directory: choose another path")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunError(f"hydra.run.dir={path}: {existing} is a file: choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(
+            f"hydra.run.dir={path}: {existing} is not writable by this user: fix its "
+            f"permissions or choose another hydra.run.dir"
+        )
 
 
 def agree_on_run_dir(run_dir: Path, world: Distributed) -> Path:

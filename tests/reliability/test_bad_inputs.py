@@ -90,6 +90,10 @@ def existing_run(case: Path, corpus: Path, reference: Path) -> None:
     shutil.copytree(reference, case / "run")
 
 
+def run_dir_is_a_file(case: Path, corpus: Path, reference: Path) -> None:
+    (case / "run").write_text("a file where the run dir should be\n")
+
+
 HELD_LOCKS = []  # open while the cases run: a flock held by this (pytest's) process
 
 
@@ -194,6 +198,8 @@ CASES = [
     ("resume-other-seed", REFERENCE + ["seed=7"], existing_run, "other settings (seed=0 -> 7)"),
     ("resume-other-batch", REFERENCE + ["batch_size=2"], existing_run, "(batch_size=4 -> 2)"),
     ("run-dir-in-use", REFERENCE + ["max_steps=14"], run_in_use, "in use by pid 4242 on testhost"),
+    ("run-dir-is-a-file", [], run_dir_is_a_file, "is a file, not a directory: choose another"),
+    ("unquoted-non-ascii", ["wandb.name=rün"], None, "quote the value, e.g. \"wandb.name='rün'\""),
 ]
 
 
