@@ -21,12 +21,12 @@ from omegaconf import MISSING
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from configs.groups import register_help_resolver
+from configs.messages import first_line
+from configs.run_name import register_run_name_resolver
 from configs.validation import check_seed, reject_non_finite
 from data.config import DataConfig
 from model.gpt import GPTConfig
 from optim.registry import OPTIMIZERS
-from training.errors import first_line
-from training.run_dir import register_run_name_resolver
 
 
 class Dtype(Enum):

@@ -1,6 +1,7 @@
-"""The layering the README's Layout promises: optim/, model/, data/ and study/ import nothing from
-training/ (which composes them), and study/'s analysis stays free of torch: it reads run records
-on any machine (study/noise_scale.py, which measures gradients, is the one module that needs it)."""
+"""The layering the README's Layout promises: configs/, optim/, model/, data/ and study/ import
+nothing from training/ (which composes them), and study/'s analysis stays free of torch: it reads
+run records on any machine (study/noise_scale.py, which measures gradients, is the one module
+that needs it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO
 
-LOWER_LAYERS = ("optim", "model", "data", "study")
+LOWER_LAYERS = ("configs", "optim", "model", "data", "study")
 
 
 def imported_modules(path: Path) -> set[str]:

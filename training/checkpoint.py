@@ -33,8 +33,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from configs.messages import first_line
 from training.distributed import Distributed
-from training.errors import first_line
 
 STEP_DIR_PREFIX = "step_"
 STEP_DIR = re.compile(rf"{STEP_DIR_PREFIX}(\d+)")  # step_latest, step_4.bak: not checkpoints

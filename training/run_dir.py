@@ -2,8 +2,8 @@
 
 - Name. By default a run lives in `runs/<optim>_<model>_<data>[_<overrides>]`, a function of
   what defines the run: the same command resumes it (nanoGPT's fixed out_dir), a command that
-  changes the run gets another dir. Keys that do not change what is trained (IDENTITY_EXEMPT:
-  where and how fast it runs, how often it logs, W&B) stay out of the name.
+  changes the run gets another dir (configs/run_name.py). Keys that do not change what is trained
+  (IDENTITY_EXEMPT: where and how fast it runs, how often it logs, W&B) stay out of the name.
 - One writer. Rank 0 holds an exclusive flock on `<run_dir>/.lock` for the run's life: a second
   train.py into the same dir (a double launch, a Slurm requeue while the old job lives) is
   refused in one line naming the holder. The OS releases the lock when the process dies, so a
@@ -20,79 +20,21 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
-import re
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
-from omegaconf import OmegaConf
 
+from configs.run_name import IDENTITY_EXEMPT, matches
 from training.distributed import Distributed
 from training.errors import RunError
 
-# Keys that leave what is trained unchanged: out of the default dir's name.
-IDENTITY_EXEMPT = (
-    "hydra.",
-    "resume",
-    "wandb.",
-    "device",
-    "compile",
-    "micro_batch_size",
-    "log_interval",
-    "eval_interval",
-    "ckpt_interval",
-    "ckpt_keep",
-    "max_bad_steps",
-    "optim.compiled",
-    "data.dir",
-    "data.num_workers",
-    "data.batch_docs",
-    "data.download_dir",
-    "data.hf_cache_dir",
-    "init_from",  # read by a fresh start only
-)
 # Keys a resumed segment may change; max_steps extends (or shortens) a run, with a warning.
 RESUMABLE = (*IDENTITY_EXEMPT, "max_steps")
-GROUP_KEYS = ("optim", "model", "data")  # already in the name's prefix
-MAX_NAME_OVERRIDES = 80  # characters of overrides in a dir name; longer ones become a hash
 LOCK_NAME = ".lock"
-
-
-def _matches(key: str, patterns: Iterable[str]) -> bool:
-    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
-
-
-def run_name(optim: str, model: str, data: str, overrides: Sequence[str]) -> str:
-    """`<optim>_<model>_<data>` plus the run-defining overrides (sorted, filesystem-safe)."""
-    defining = sorted(
-        o.lstrip("+~")
-        for o in overrides
-        if not _matches(o.lstrip("+~").partition("=")[0], (*IDENTITY_EXEMPT, *GROUP_KEYS))
-    )
-    name = f"{optim}_{model}_{data}"
-    if not defining:
-        return name
-    text = ",".join(defining)
-    safe = re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
-    if len(safe) > MAX_NAME_OVERRIDES or safe != text:
-        # A readable prefix, and a hash so that distinct overrides never share a dir.
-        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-        safe = f"{safe[: MAX_NAME_OVERRIDES - 9]}~{digest}"
-    return f"{name}_{safe}"
-
-
-def register_run_name_resolver() -> None:
-    """`${run_name:optim,model,data,overrides}` for configs/train.yaml's hydra.run.dir."""
-    if not OmegaConf.has_resolver("run_name"):
-        OmegaConf.register_new_resolver(
-            "run_name", lambda optim, model, data, overrides: run_name(
-                optim, model, data, list(overrides)
-            )
-        )  # fmt: skip
 
 
 def check_run_dir_argument(args: Sequence[str]) -> None:
@@ -188,7 +130,7 @@ def changed_keys(saved: dict[str, Any], current: dict[str, Any], prefix: str = "
 def check_resume_changes(saved: dict[str, Any], current: dict[str, Any], where: Path) -> list[str]:
     """Refuse a resume that changes what is trained; return the allowed changes made."""
     changes = changed_keys(saved, current)
-    refused = [k for k in changes if not _matches(k, RESUMABLE)]
+    refused = [k for k in changes if not matches(k, RESUMABLE)]
     if refused:
         shown = ", ".join(f"{k}={_lookup(saved, k)!r} -> {_lookup(current, k)!r}" for k in refused)
         raise RunError(

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from configs.run_name import run_name
 from tests.conftest import REPO, TINY_RUN, read_metrics, run_train
 from training.errors import RunError
-from training.run_dir import RunDirLock, check_resume_changes, run_name
+from training.run_dir import RunDirLock, check_resume_changes
 
 
 def test_the_name_is_the_runs_identity_and_ignores_how_it_runs():
