@@ -25,6 +25,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
+from configs.messages import first_line
 from model.gpt import GPT, GPTConfig
 
 GPT2_EOT_TOKEN = 50256  # <|endoftext|>, GPT-2's bos and eos
@@ -190,8 +191,7 @@ def load_hf_model(folder: str | Path) -> GPT2LMHeadModel:
     try:
         model = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True)
     except OSError as err:  # no weights file, or a truncated one
-        reason = (str(err).strip() or type(err).__name__).splitlines()[0]  # HF's first line
-        raise ValueError(f"cannot load the weights of {folder}: {reason}") from None
+        raise ValueError(f"cannot load the weights of {folder}: {first_line(err)}") from None
     finally:
         if bar_was_on:
             hf_logging.enable_progress_bar()

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ from configs.schema import TrainConfig, register_configs  # noqa: E402
 from data.batches import TokenWindows, load_split  # noqa: E402
 from model.gpt import GPT  # noqa: E402
 from model.mfu import mfu, peak_flops  # noqa: E402
-from training.build import resolve_dtype  # noqa: E402
+from training.build import autocast_context, resolve_dtype  # noqa: E402
 from training.distributed import pick_device  # noqa: E402
 
 
@@ -49,7 +48,8 @@ def sync(device: torch.device) -> None:
 
 
 def build_step_pieces(cfg: TrainConfig):
-    """(device, raw model, model to call, optimizer, autocast context) as train.py builds them."""
+    """(device, raw model, model to call, optimizer, autocast context factory) as train.py
+    builds them."""
     device = pick_device(cfg.device, 0)
     torch.manual_seed(cfg.seed)
     raw = GPT(cfg.model).to(device)
@@ -57,7 +57,7 @@ def build_step_pieces(cfg: TrainConfig):
     tokens_per_step = cfg.batch_size * cfg.block_size
     opt = cfg.optim.build(raw, device=device, estimation_tokens=tokens_per_step)
     dtype = resolve_dtype(cfg.dtype.value, device)
-    autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+    autocast = autocast_context(device, dtype)
     return device, raw, model, opt, autocast
 
 
@@ -78,7 +78,7 @@ def split_step_time(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, floa
             x, y = x.to(device), y.to(device)
             sync(device)
             t1 = time.perf_counter()
-            with autocast:
+            with autocast():
                 _, loss = model(x, y)
             (loss / accum).backward()
             sync(device)
@@ -103,7 +103,7 @@ def plain_loop_tokens_per_s(cfg: TrainConfig, steps: int, warmup: int) -> float:
     times = []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
-        with autocast:
+        with autocast():
             _, loss = model(x, x)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)

@@ -20,20 +20,18 @@ import argparse
 import json
 import math
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
-import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from configs.schema import TrainConfig  # noqa: E402
 from data.batches import load_split  # noqa: E402
 from data.tokenizer import TOKENIZERS  # noqa: E402
-from training.build import DTYPES, resolve_dtype  # noqa: E402
+from training.build import DTYPES, autocast_context, resolve_dtype  # noqa: E402
 from training.checkpoint import CheckpointError, find_checkpoint  # noqa: E402
 from training.distributed import Distributed, pick_device  # noqa: E402
 from training.evaluate import evaluate, evaluation_windows  # noqa: E402
@@ -101,7 +99,7 @@ def settings_for(args: argparse.Namespace, trained: TrainedModel) -> dict[str, A
     defaults = TrainConfig.__dataclass_fields__
     settings = {key: source.get(key, defaults[key].default) for key in SETTINGS}
     if "dtype" not in source:
-        settings["dtype"] = None  # chosen by device below
+        settings["dtype"] = "auto"  # resolved for the device below, as train.py does
     settings["data"] = source.get("data", {}).get("dir")
     for key in (*SETTINGS, "data"):
         if getattr(args, key) is not None:
@@ -154,8 +152,8 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     windows = {split: windows[split] for split in args.split}
 
     device = pick_device(args.device, 0)
-    dtype = resolve_dtype(settings["dtype"] or "auto", device)  # as train.py resolves it
-    autocast = partial(torch.autocast, device.type, dtype=dtype, enabled=dtype != torch.float32)
+    dtype = resolve_dtype(settings["dtype"], device)
+    autocast = autocast_context(device, dtype)
     micro, batch = settings["micro_batch_size"], settings["batch_size"]
     accum = batch // micro
     with tqdm(total=len(windows) * settings["eval_iters"] * accum, desc="evaluate") as bar:

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from data.batches import TokenWindows, load_split  # noqa: E402
 from study.noise_scale import gram_matrix, noise_scale_from_gram  # noqa: E402
 from training.checkpoint import CheckpointError, find_checkpoint  # noqa: E402
-from training.loading import load_model_from_checkpoint  # noqa: E402
+from training.loading import model_from_checkpoint  # noqa: E402
 
 
 def batch_gradients(model, windows: TokenWindows, batches: int, sequences: int):
@@ -56,7 +56,7 @@ def main() -> None:
         raise SystemExit("error: --batches must be >= 3 and --sequences >= 1")
     try:
         checkpoint = find_checkpoint(args.checkpoint)
-        model = load_model_from_checkpoint(checkpoint.path)
+        model = model_from_checkpoint(checkpoint)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     config = checkpoint.meta.get("config", {})

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
@@ -24,7 +23,7 @@ import torch  # noqa: E402
 
 from data.tokenizer import TOKENIZERS, load_tokenizer  # noqa: E402
 from model.sampling import TextStream, sample_tokens  # noqa: E402
-from training.build import DTYPES, resolve_dtype  # noqa: E402
+from training.build import DTYPES, autocast_context, resolve_dtype  # noqa: E402
 from training.distributed import pick_device  # noqa: E402
 from training.loading import TrainedModel, load_trained_model  # noqa: E402
 
@@ -91,7 +90,7 @@ def sample(args: argparse.Namespace) -> None:
 
     device = pick_device(args.device, 0)
     dtype = resolve_dtype(args.dtype, device)
-    autocast = partial(torch.autocast, device.type, dtype=dtype, enabled=dtype != torch.float32)
+    autocast = autocast_context(device, dtype)
     model = trained.model.to(device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     prompt = torch.tensor([ids], dtype=torch.long, device=device)

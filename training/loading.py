@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from data.tokenizer import TOKENIZERS, ByteTokenizer, GPT2Tokenizer
 from model.gpt import GPT, GPTConfig
 from model.hf import from_hf, gpt_from_state_dict, load_hf_model
-from training.checkpoint import find_checkpoint
+from training.checkpoint import Checkpoint, find_checkpoint
 
 
 @dataclass
@@ -46,8 +46,8 @@ def load_trained_model(path: str | Path) -> TrainedModel:
         model = from_hf(load_hf_model(path))
         tokenizer = tokenizer_of_vocab(model.config.vocab_size)
         return TrainedModel(model, path, "hf", None, None, tokenizer)
-    model = load_model_from_checkpoint(path)
     checkpoint = find_checkpoint(path)
+    model = model_from_checkpoint(checkpoint)
     train_config = checkpoint.meta.get("config")
     tokenizer = None
     if train_config is not None:
@@ -81,7 +81,11 @@ def load_model_from_checkpoint(path: str | Path) -> GPT:
             f"{path} does not exist: expected a run dir (with checkpoints/step_*/) "
             "or a checkpoint dir (with model.safetensors and meta.json)"
         )
-    checkpoint = find_checkpoint(path)
+    return model_from_checkpoint(find_checkpoint(path))
+
+
+def model_from_checkpoint(checkpoint: Checkpoint) -> GPT:
+    """Our GPT (eval mode) from a checkpoint found by `find_checkpoint`."""
     weights = checkpoint.path / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{checkpoint.path} has no model.safetensors")

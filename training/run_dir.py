@@ -53,12 +53,12 @@ def check_run_dir_argument(args: Sequence[str]) -> None:
 def check_run_dir_path(path: Path) -> None:
     """Hydra creates the run dir before train.py runs: a path that is a file, or under a
     directory this process cannot write, would end in its traceback."""
-    if path.exists() and not path.is_dir():
-        raise RunError(f"hydra.run.dir={path} is a file, not a directory: choose another path")
     existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
+        if existing == path:
+            raise RunError(f"hydra.run.dir={path} is a file, not a directory: choose another path")
         raise RunError(f"hydra.run.dir={path}: {existing} is a file: choose another path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RunError(

@@ -111,16 +111,18 @@ def forward_backward(run: Run, step: int) -> torch.Tensor:
 def check_update_finite(run: Run, step: int) -> None:
     """An update from a finite gradient can still overflow the weights or the optimizer's state
     (optim.lr=1e39, a squared gradient past float32's range): stop before such a state is
-    evaluated on or saved. One fused norm per list, each tensor read once."""
+    evaluated on or saved. Fused norms, each tensor read once."""
     weights = [p.detach() for p in run.raw_model.parameters()]
     states = run.optimizer.state_tensors()
-    for what, tensors in (("parameters", weights), ("the optimizer's state", states)):
-        norms = [norm.float() for norm in torch._foreach_norm(tensors)]
-        if norms and not bool(torch.isfinite(torch.stack(norms)).all()):
-            raise RunError(
-                f"the update of step {step + 1} made {what} non-finite (from a finite gradient: "
-                f"the step size is too large); nothing of it was saved and {diverged_advice(run)}"
-            )
+    norms = torch._foreach_norm(weights) + (torch._foreach_norm(states) if states else [])
+    finite = torch.isfinite(torch.stack([norm.float() for norm in norms]))
+    if bool(finite.all()):  # the step's one host sync
+        return
+    what = "parameters" if not bool(finite[: len(weights)].all()) else "the optimizer's state"
+    raise RunError(
+        f"the update of step {step + 1} made {what} non-finite (from a finite gradient: "
+        f"the step size is too large); nothing of it was saved and {diverged_advice(run)}"
+    )
 
 
 def diverged_advice(run: Run) -> str:

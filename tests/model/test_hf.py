@@ -24,7 +24,7 @@ from model.hf import (
     import_hf_weights,
     to_hf,
 )
-from training.loading import load_model_from_checkpoint  # noqa: E402
+from training.loading import load_model_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 EXPORT_SCRIPT = REPO / "scripts" / "export_hf.py"

@@ -94,6 +94,7 @@ def run_dir_is_a_file(case: Path, corpus: Path, reference: Path) -> None:
     (case / "run").write_text("a file where the run dir should be\n")
 
 
+FINITE = "(|x| <= 3.4e38, float32's range), got"  # the finite-number check's wording
 HELD_LOCKS = []  # open while the cases run: a flock held by this (pytest's) process
 
 
@@ -137,12 +138,17 @@ CASES = [
     ("negative-rho", ["optim=sophiah", "optim.rho=-1"], None, "optim.rho must be > 0"),
     ("beta-one", ["optim.betas=[0.9,1.0]"], None, "optim.betas must be two numbers in [0, 1)"),
     ("beta-negative", ["optim=lion", "optim.betas=[-0.1,0.9]"], None, "in [0, 1)"),
-    ("infinite-lr", ["optim.lr=inf"], None, "optim.lr must be a finite number (|x|"),
-    ("lr-past-float32", ["optim=muon", "optim.lr=1e39"], None, "float32's range), got 1e+39"),
+    ("infinite-lr", ["optim.lr=inf"], None, f"optim.lr must be a finite number {FINITE} inf"),
+    (
+        "lr-past-float32",
+        ["optim=muon", "optim.lr=1e39"],
+        None,
+        f"optim.lr must be a finite number {FINITE} 1e+39",
+    ),
     ("nan-weight-decay", ["optim.weight_decay=nan"], None, "optim.weight_decay must be a finite"),
     ("infinite-rho", ["optim=sophia", "optim.rho=inf"], None, "optim.rho must be a finite"),
-    ("nan-grad-clip", ["grad_clip=nan"], None, "grad_clip must be a finite number"),
-    ("infinite-eps", ["optim.eps=inf"], None, "optim.eps must be a finite number"),
+    ("nan-grad-clip", ["grad_clip=nan"], None, f"grad_clip must be a finite number {FINITE} nan"),
+    ("infinite-eps", ["optim.eps=inf"], None, f"optim.eps must be a finite number {FINITE} inf"),
     ("nan-beta", ["optim.betas=[0.9,nan]"], None, "optim.betas must be finite numbers"),
     ("negative-seed", ["seed=-1"], None, "seed must be in [0, 2**32 - 1"),
     ("seed-over-64-bits", [f"seed={2**64}"], None, "seed must be in [0, 2**32 - 1"),
