@@ -99,3 +99,31 @@ class SecondOrderConfig(OptimConfig):
                 f"optim.hess_batch_size must be >= 1 or null (= the training batch), "
                 f"got {self.hess_batch_size}"
             )
+
+
+# Where a Hutchinson estimate's batch comes from (optim.hess_source).
+HESS_SOURCES = ("train", "fresh")
+
+
+@dataclass
+class HutchinsonConfig(SecondOrderConfig):
+    """Keys of the optimizers fed by Hutchinson's estimate (Sophia-H, AdaHessian)."""
+
+    n_probes: int = 1  # Rademacher probes per micro-batch: variance / n_probes, cost x n_probes
+    # train: on a refresh step the training step's own forward/backward keeps its graph and the
+    # probes differentiate it (AdaHessian's official code; Levanter's Sophia-H estimates on the
+    # current batch): a probe costs its Hessian-vector product alone, ~2 training steps.
+    # fresh: a separate batch at the same weights, as Sophia-G's official loop does (~3 steps:
+    # its gradient with the graph, then the product). Either way the estimate is taken at the
+    # weights of the step that first uses it.
+    hess_source: str = "train"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_n_probes(self.n_probes)
+        if self.hess_source not in HESS_SOURCES:
+            raise ValueError(
+                f"optim.hess_source must be one of {', '.join(HESS_SOURCES)}, got "
+                f"{self.hess_source!r} (train: the training step's batch and graph; fresh: a "
+                "separate batch)"
+            )

@@ -206,6 +206,57 @@ class GaussNewtonBartlett:
 # Hutchinson (Sophia-H, AdaHessian)
 
 
+class _CrossEntropyGradient(torch.autograd.Function):
+    """The mean cross-entropy's gradient in logit space, (softmax(z) − onehot(y)) · g / N, from
+    the probabilities the loss saved. Differentiable once more: its backward is the loss's
+    Hessian-vector product in logit space, row by row H v = (p ⊙ v − p (p · v)) · g / N."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, probs: Tensor, targets: Tensor, grad_loss: Tensor) -> Tensor:
+        ctx.save_for_backward(probs, grad_loss)
+        grad = probs.clone()
+        grad.scatter_add_(1, targets.unsqueeze(1), grad.new_full((grad.size(0), 1), -1.0))
+        return grad.mul_(grad_loss / grad.size(0))
+
+    @staticmethod
+    def backward(ctx, v: Tensor) -> tuple[Tensor, None, None, None]:
+        probs, grad_loss = ctx.saved_tensors
+        pv = probs * v
+        hv = pv.sub_(probs * pv.sum(-1, keepdim=True))
+        return hv.mul_(grad_loss / probs.size(0)), None, None, None
+
+
+class TwiceDifferentiableCrossEntropy(torch.autograd.Function):
+    """Mean token cross-entropy of (N, C) logits against targets, whose gradient is a
+    `_CrossEntropyGradient`. autograd's double backward of log_softmax + nll makes about ten
+    passes over the vocabulary-sized logits (exp twice, several products); this makes four, so on
+    gpt2-tiny a Hessian-vector product fell from 2.8-3.3 to 1.4-1.7 training steps of time
+    (one thread), and the gradient with its graph from 1.9 to 1.3 s. Equal to F.cross_entropy
+    and its derivatives to float rounding (tests/optim/test_hessian.py)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+        log_probs = torch.log_softmax(logits, dim=-1)
+        loss = -log_probs.gather(1, targets.unsqueeze(1)).mean()
+        ctx.save_for_backward(logits, log_probs.exp_(), targets)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor, None]:
+        logits, probs, targets = ctx.saved_tensors
+        # An autograd.Function called inside backward: under create_graph it joins the graph.
+        return _CrossEntropyGradient.apply(logits, probs, targets, grad_loss), None
+
+
+def hessian_ready_loss(model: nn.Module, x: Tensor, y: Tensor, autocast: Autocast) -> Tensor:
+    """The model's mean token cross-entropy (as `model(x, y)` computes it, in at least float32)
+    built for a Hessian-vector product: call under the math SDPA backend."""
+    with autocast():
+        logits, _ = model(x)
+    flat = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return TwiceDifferentiableCrossEntropy.apply(flat.reshape(-1, flat.size(-1)), y.reshape(-1))
+
+
 def rademacher_like(param: Tensor, generator: torch.Generator) -> Tensor:
     """A vector of independent ±1 entries shaped like `param` (Hutchinson's probe)."""
     bits = torch.randint(0, 2, param.shape, generator=generator, device=param.device)
@@ -224,6 +275,15 @@ def hutchinson_diagonal(
     if n_probes < 1:
         raise ValueError(f"n_probes must be >= 1, got {n_probes}")
     grads = torch.autograd.grad(loss, params, create_graph=True)
+    return hutchinson_from_gradient(grads, params, generator, n_probes)
+
+
+def hutchinson_from_gradient(
+    grads: Sequence[Tensor], params: list[Tensor], generator: torch.Generator, n_probes: int = 1
+) -> list[Tensor]:
+    """`hutchinson_diagonal` from a gradient already made with its graph (create_graph=True):
+    the training step's own gradient, when the estimate uses the training batch. Frees the
+    graph after the last probe."""
     estimates = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     for probe in range(n_probes):
         probes = [rademacher_like(p, generator) for p in params]
@@ -246,7 +306,9 @@ class Hutchinson:
     is within ~1% of float32.
 
     FLOPs per token: one training step for the gradient with its graph, plus
-    HVP_STEP_EQUIVALENTS (≈ 2) training steps per probe: ≈ 3x a training step with one probe.
+    HVP_STEP_EQUIVALENTS (≈ 2) training steps per probe: ≈ 3x a training step with one probe on a
+    fresh batch; on the training batch (`optim.hess_source=train`) the training step's gradient
+    is reused and only the probes count (≈ 2x).
     Stats: negative_share (share of negative estimate entries).
     """
 
@@ -259,7 +321,13 @@ class Hutchinson:
 
     @property
     def step_equivalents(self) -> float:
-        return 1 + HVP_STEP_EQUIVALENTS * self.n_probes
+        """On a fresh batch: the gradient with its graph, then the probes."""
+        return 1 + self.probe_step_equivalents
+
+    @property
+    def probe_step_equivalents(self) -> float:
+        """On the training batch: the probes alone (the gradient is the training step's)."""
+        return HVP_STEP_EQUIVALENTS * self.n_probes
 
     def estimate(
         self,
@@ -272,10 +340,16 @@ class Hutchinson:
     ) -> tuple[Tensor, list[Tensor]]:
         """(mean loss, one float32 estimate per parameter) on one micro-batch."""
         with sdpa_kernel(SDPBackend.MATH):
-            with autocast():
-                _, loss = model(x, y)
+            loss = hessian_ready_loss(model, x, y, autocast)
             estimates = hutchinson_diagonal(loss, params, generator, self.n_probes)
         return loss.detach(), estimates
+
+    def estimate_from_gradient(
+        self, grads: Sequence[Tensor], params: list[Tensor], generator: torch.Generator
+    ) -> list[Tensor]:
+        """One float32 estimate per parameter from a gradient made with its graph under the
+        math SDPA backend (the training step's, when the estimate uses the training batch)."""
+        return hutchinson_from_gradient(grads, params, generator, self.n_probes)
 
     def commit(
         self, optimizer: torch.optim.Optimizer, flat: Tensor, views: Sequence[Tensor]

@@ -3,7 +3,8 @@ when to refresh it (`OptimizerPlan`), and the parameter kinds and decay groups e
 
 The loop stays optimizer-agnostic: it calls `step()`, asks `refreshes_hessian(step)` (after the
 step, Sophia) or `refreshes_hessian_before(step)` (AdaHessian) and then runs the estimation pass
-(training/hessian_pass.py) with `estimator`. Built by each schema's `build` (optim/registry.py).
+(training/hessian_pass.py) with `estimator`, or asks `estimates_on_training_batch(step)` and takes
+the estimate from the training step's own graph. Built by each schema's `build` (optim/registry.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class OptimizerPlan:
     # Sophia: beta2 of its EMA h, which starts at 0 without bias correction (see diagnostics)
     hessian_beta: float | None = None
     hessian_refreshes: int = 0  # estimates taken into the optimizer's state so far
+    # "fresh": a separate estimation pass on its own batch; "train": the training step's own
+    # forward/backward yields the estimate (Hutchinson only, optim.hess_source)
+    hess_source: str = "fresh"
 
     def step(self) -> None:
         self.optimizer.step(**self.step_kwargs)
@@ -47,7 +51,7 @@ class OptimizerPlan:
     def refreshes_hessian(self, step: int) -> bool:
         """True after optimizer step `step` (0-based) at k-1, 2k-1, ... as the official Sophia
         loop does (Sophia's first k steps are sign steps with h = 0)."""
-        if self.estimator is None or self.refresh_before_step:
+        if self.estimator is None or self.refresh_before_step or self.hess_source == "train":
             return False
         return step % self.hess_interval == self.hess_interval - 1
 
@@ -55,7 +59,18 @@ class OptimizerPlan:
         """True before optimizer step `step` at 0, k, 2k, ... for a rule that needs an estimate
         from its first update on (AdaHessian): each refresh is estimated at the weights of the
         step that uses it, once per k steps (with k = 1, exactly one refresh per step)."""
+        if self.hess_source == "train":
+            return False
         return self.refresh_before_step and step % self.hess_interval == 0
+
+    def estimates_on_training_batch(self, step: int) -> bool:
+        """True when optimizer step `step`'s own forward/backward also yields the estimate
+        (hess_source="train"), committed before the step: at the weights and steps a fresh
+        refresh would use, before steps 0, k, 2k, ... (AdaHessian) or k, 2k, ... (Sophia, whose
+        first k steps run with h = 0)."""
+        if self.estimator is None or self.hess_source != "train":
+            return False
+        return step % self.hess_interval == 0 and (self.refresh_before_step or step > 0)
 
     def diagnostics(self) -> dict[str, float]:
         """The update rule's own statistics (Sophia: win rates per kind of parameter) and, for

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from optim.config import (
+    HutchinsonConfig,
     OptimConfig,
     SecondOrderConfig,
     check_betas,
-    check_n_probes,
 )
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ class SophiaConfig(SecondOrderConfig):
 
 
 @dataclass
-class SophiaHConfig(SecondOrderConfig):
+class SophiaHConfig(HutchinsonConfig):
     """Sophia-H (Hutchinson estimator), Levanter's small-model settings: rho is Levanter's γ,
     applied to h directly (no batch-size factor)."""
 
@@ -152,7 +152,6 @@ class SophiaHConfig(SecondOrderConfig):
     weight_decay: float = 0.2
     betas: list[float] = field(default_factory=lambda: [0.965, 0.99])
     rho: float = 0.01
-    n_probes: int = 1  # Hutchinson probes per micro-batch: variance / n_probes, cost x n_probes
     # None: torch.compile the update step when the model has >= 8M parameters (optim/compiled.py)
     compiled: bool | None = None
 
@@ -160,7 +159,6 @@ class SophiaHConfig(SecondOrderConfig):
         super().__post_init__()
         check_betas(self.name, self.betas)
         _check_rho(self.rho, "Levanter's Sophia-H uses 0.01")
-        check_n_probes(self.n_probes)
 
     def build(self, model, *, device, estimation_tokens) -> OptimizerPlan:
         """Hutchinson estimates the Hessian of the mean loss itself, with no batch-size factor,
@@ -176,12 +174,12 @@ class SophiaHConfig(SecondOrderConfig):
         )
         return OptimizerPlan(
             optimizer, Hutchinson(self.n_probes), self.hess_interval,
-            parameter_kinds=kinds, hessian_beta=self.betas[1],
+            parameter_kinds=kinds, hessian_beta=self.betas[1], hess_source=self.hess_source,
         )  # fmt: skip
 
 
 @dataclass
-class AdaHessianConfig(SecondOrderConfig):
+class AdaHessianConfig(HutchinsonConfig):
     """AdaHessian, the paper's transformer settings (IWSLT14) with the Hessian every step."""
 
     display_name = "AdaHessian"
@@ -196,14 +194,12 @@ class AdaHessianConfig(SecondOrderConfig):
     hessian_power: float = 1.0
     block_length: int = 32  # spatial averaging along the last dim; 0 averages whole rows
     hess_interval: int = 1
-    n_probes: int = 1  # Hutchinson probes per micro-batch (the paper uses one)
     # None: torch.compile the update step when the model has >= 8M parameters (optim/compiled.py)
     compiled: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_betas(self.name, self.betas)
-        check_n_probes(self.n_probes)
         if not self.eps > 0:
             raise ValueError(f"optim.eps must be > 0, got {self.eps} (the paper uses 1e-4)")
         if not 0 <= self.hessian_power <= 1:
@@ -233,7 +229,7 @@ class AdaHessianConfig(SecondOrderConfig):
         )  # fmt: skip
         return OptimizerPlan(
             optimizer, Hutchinson(self.n_probes), self.hess_interval,
-            refresh_before_step=True, parameter_kinds=kinds,
+            refresh_before_step=True, parameter_kinds=kinds, hess_source=self.hess_source,
         )  # fmt: skip
 
 

@@ -40,7 +40,9 @@ class StudyConfig:
     common: list[str] = field(default_factory=list)  # overrides shared by every run
     horizons: list[int] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
-    # Per optimizer: {lr: [...], <override key>: value or [values]}; yaml order is run order.
+    # Per optimizer: {lr: [...], <override key>: value or [values], horizons: [...] (its own),
+    # fixed: ["key=value", ...] (overrides of its every run, left out of run directory names)};
+    # yaml order is run order.
     optimizers: dict[str, Any] = field(default_factory=dict)
     tune: TuneConfig | None = None  # None: the whole grid at every horizon and seed
     warmup_fraction: float | None = None  # optim.warmup_steps = round(fraction x horizon)
@@ -61,6 +63,14 @@ class StudyConfig:
                 raise StudyConfigError(f"optimizers.{name} needs an lr grid, e.g. lr: [1e-3, 3e-3]")
             if any(h <= 0 for h in grid.get("horizons") or []):
                 raise StudyConfigError(f"optimizers.{name}.horizons must be positive step counts")
+            fixed = grid.get("fixed", [])
+            if not isinstance(fixed, list) or not all(
+                isinstance(o, str) and "=" in o for o in fixed
+            ):
+                raise StudyConfigError(
+                    f"optimizers.{name}.fixed must list key=value overrides, e.g. "
+                    f"[optim.hess_source=fresh], got {fixed!r}"
+                )
         for entry in self.schedule:
             name, _, horizon = entry.partition("@")
             own = (self.optimizers.get(name) or {}).get("horizons") or self.horizons

@@ -48,7 +48,8 @@ class RunSpec:
             warmup.append(f"optim.min_lr={float(f'{study.min_lr_ratio * self.lr:.4g}')}")
         return [
             f"optim={self.optimizer}", f"optim.lr={self.lr}", f"max_steps={self.horizon}",
-            f"seed={self.seed}", *(f"{k}={v}" for k, v in self.knobs), *study.common, *warmup,
+            f"seed={self.seed}", *(f"{k}={v}" for k, v in self.knobs), *study.common,
+            *study.optimizers[self.optimizer].get("fixed", []), *warmup,
             f"wandb.group={study.name}",
         ]  # fmt: skip
 
@@ -78,7 +79,7 @@ def stages(study: StudyConfig) -> list[Stage]:
     the rest in yaml order of optimizers, by optimizer or by horizon (`order`)."""
     result = []
     for name, raw in study.optimizers.items():
-        grid = {key: _values(value) for key, value in raw.items() if key != "horizons"}
+        grid = {key: _values(v) for key, v in raw.items() if key not in ("horizons", "fixed")}
         horizons = tuple(raw.get("horizons") or study.horizons)  # an optimizer's own horizons
         if study.tune is None:
             result.append(Stage(name, horizons, None, grid))

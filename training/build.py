@@ -166,6 +166,12 @@ def build_run(
     )  # fmt: skip
     hess_sequences = getattr(cfg.optim, "hess_batch_size", None) or cfg.batch_size
     hess_batch = BatchShape.split(hess_sequences, batch.micro, world, "optim.hess_batch_size")
+    if getattr(cfg.optim, "hess_source", None) == "train" and hess_sequences > cfg.batch_size:
+        raise RunError(
+            f"optim.hess_batch_size={hess_sequences} exceeds batch_size={cfg.batch_size}: with "
+            "optim.hess_source=train the estimate uses the training step's own micro-batches; "
+            "lower it or set optim.hess_source=fresh"
+        )
     streams = build_streams(cfg, overrides)
 
     # The seed is the same on every rank: DDP starts from identical weights.
@@ -192,5 +198,5 @@ def build_run(
         autocast=autocast_context(device, dtype),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         checkpointer=Checkpointer(run_dir, cfg.ckpt_keep, world),
-        peak_flops=peak_flops(device),
+        peak_flops=peak_flops(device, dtype),
     )

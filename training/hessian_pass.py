@@ -5,7 +5,8 @@ ranks. Gauss-Newton-Bartlett squares the gradient of the whole global batch, so 
 backpropagate into p.grad through the training model (DDP averages across ranks once, on the last
 micro-batch, as in the training step); Hutchinson's estimate is linear, so each micro-batch's is
 averaged into a flat buffer that is all-reduced once. Either way every rank commits the same
-estimate, or skips the same non-finite one.
+estimate, or skips the same non-finite one. With optim.hess_source=train, Hutchinson's estimate
+comes instead from the training step's own forward/backward (`forward_backward_estimating`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from optim.hessian import draw_generator, optimizer_params
+from optim.hessian import draw_generator, hessian_ready_loss, optimizer_params
 from training.build import Run
 from training.distributed import Distributed
 
@@ -98,14 +100,21 @@ def _gradient_pass(estimator, optimizer, batch: EstimationBatch):
     return loss_sum, seq_len, estimator.commit(optimizer)
 
 
-def _estimate_pass(estimator, optimizer, batch: EstimationBatch):
-    """Hutchinson: each micro-batch's estimate averaged into one flat buffer, then over ranks."""
-    params = optimizer_params(optimizer)
+def _flat_buffer(params: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A zeroed float32 buffer holding one entry per parameter entry, and its per-parameter
+    views: reduced over ranks in one call."""
     flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device)
     views, offset = [], 0
     for p in params:
         views.append(flat[offset : offset + p.numel()].view_as(p))
         offset += p.numel()
+    return flat, views
+
+
+def _estimate_pass(estimator, optimizer, batch: EstimationBatch):
+    """Hutchinson: each micro-batch's estimate averaged into one flat buffer, then over ranks."""
+    params = optimizer_params(optimizer)
+    flat, views = _flat_buffer(params)
     loss_sum, seq_len = torch.zeros(1, device=batch.world.device), 0
     optimizer.zero_grad(set_to_none=True)
     for micro_step, (x, y) in enumerate(batch.micro_batches()):
@@ -121,3 +130,84 @@ def _estimate_pass(estimator, optimizer, batch: EstimationBatch):
         del estimates
     batch.world.all_reduce_mean(flat)
     return loss_sum, seq_len, estimator.commit(optimizer, flat, views)
+
+
+def forward_backward_estimating(
+    run: Run, step: int, hessian_time: Callable[[], AbstractContextManager]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Step `step`'s training gradient into p.grad, as training/step.py's forward_backward leaves
+    it, and Hutchinson's estimate from the same gradient's graph on the estimation batch's share
+    of the step's micro-batches (optim.hess_source=train), committed before the step.
+
+    The estimating micro-batches run on the plain module, eager, with the math SDPA backend (DDP
+    and compiled modules, flash kernels, have no double backward): their gradient keeps its
+    graph, the probes differentiate it, and it then joins p.grad, averaged over ranks here as DDP
+    would. So a probe costs its Hessian-vector product alone; the gradient is the step's own.
+    `hessian_time` times the probes and the commit (the step's clock pauses meanwhile). Returns
+    (this rank's sum of micro-batch losses, the estimate's statistics)."""
+    world, shape, plan = run.world, run.batch, run.optimizer
+    estimator, optimizer = plan.estimator, plan.optimizer
+    params = optimizer_params(optimizer)
+    flat, views = _flat_buffer(params)
+    estimating = run.hess_batch.accumulation  # the first micro-batches: whole micro-batches
+    # The gradient is of scale x loss / accumulation, and so is its Hessian (fp16 loss scaling).
+    scale = float(run.scaler.get_scale()) if run.scaler.is_enabled() else 1.0
+    loss_sum = torch.zeros(1, device=run.device)
+    estimate_loss, seq_len, seconds = torch.zeros(1, device=run.device), 0, 0.0
+    for micro_step in range(shape.accumulation):
+        x, y = run.streams.train.micro_batch(
+            step, shape.sequences, shape.micro, micro_step, world.rank, world.world_size
+        )
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        if micro_step >= estimating:
+            no_sync = run.model.no_sync() if world.enabled else nullcontext()
+            with no_sync, run.autocast():
+                _, loss = run.model(x, y)
+            run.scaler.scale(loss / shape.accumulation).backward()
+        else:
+            with sdpa_kernel(SDPBackend.MATH):
+                loss = hessian_ready_loss(run.raw_model, x, y, run.autocast)
+                scaled = run.scaler.scale(loss / shape.accumulation)
+                grads = torch.autograd.grad(scaled, params, create_graph=True)
+                with hessian_time():
+                    start = time.perf_counter()
+                    generator = draw_generator(
+                        run.cfg.seed, step, micro_step, world.rank, world.world_size, x.device
+                    )
+                    estimates = estimator.estimate_from_gradient(grads, params, generator)
+                    for view, micro_estimate in zip(views, estimates, strict=True):
+                        view.add_(micro_estimate, alpha=shape.accumulation / (scale * estimating))
+                    seconds += time.perf_counter() - start
+            for p, grad in zip(params, grads, strict=True):
+                p.grad = grad.detach() if p.grad is None else p.grad.add_(grad.detach())
+            del grads, estimates
+            estimate_loss += loss.detach() / estimating
+            seq_len = x.size(1)
+        loss_sum += loss.detach()
+    _average_gradients(params, world)
+    with hessian_time():
+        start = time.perf_counter()
+        world.all_reduce_mean(flat)
+        stats = estimator.commit(optimizer, flat, views)
+        seconds += time.perf_counter() - start
+    plan.hessian_refreshes += not stats["skipped"]
+    tokens = run.hess_batch.sequences * seq_len
+    step_flops = run.raw_model.flops_per_token(seq_len) * tokens
+    return loss_sum, {
+        **stats,
+        "flops": float(step_flops * estimator.probe_step_equivalents),
+        "seconds": seconds,
+        "loss": world.all_reduce_mean(estimate_loss).item(),
+    }
+
+
+def _average_gradients(params: list[torch.Tensor], world: Distributed) -> None:
+    """p.grad averaged over ranks in one all-reduce, for a step whose backward bypassed DDP."""
+    if not world.enabled:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    world.all_reduce_mean(flat)
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()

@@ -8,7 +8,8 @@ last checkpoint stays the last good one.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +18,7 @@ from optim.schedule import warmup_cosine_lr
 from training.build import Run
 from training.checkpoint import previous_wording
 from training.errors import RunError
-from training.hessian_pass import refresh_hessian
+from training.hessian_pass import forward_backward_estimating, refresh_hessian
 from training.state import TrainState
 from training.timing import StepClock
 
@@ -58,7 +59,13 @@ def train_step(run: Run, state: TrainState, clocks: StepClocks) -> StepResult:
     if plan.refreshes_hessian_before(step):  # AdaHessian: from its first step on
         hess_stats = timed_refresh(run, state, step, clocks)
 
-    loss_sum = forward_backward(run, step)
+    if plan.estimates_on_training_batch(step):  # optim.hess_source=train
+        loss_sum, hess_stats = forward_backward_estimating(
+            run, step, lambda: hessian_clock(state, clocks)
+        )
+        state.charge_refresh(0.0, 0.0, hess_stats["flops"])
+    else:
+        loss_sum = forward_backward(run, step)
     # Clip, then step unless the loss or gradient is not finite (skip: nothing is touched).
     run.scaler.unscale_(plan.optimizer)
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
@@ -134,10 +141,20 @@ def diverged_advice(run: Run) -> str:
 
 def timed_refresh(run: Run, state: TrainState, step: int, clocks: StepClocks) -> dict:
     """A Hessian refresh on its own clock, paused out of the step's, charged to `state`."""
+    with hessian_clock(state, clocks):
+        stats = refresh_hessian(run, step)
+    state.charge_refresh(0.0, 0.0, stats.get("flops", 0.0))
+    return stats
+
+
+@contextmanager
+def hessian_clock(state: TrainState, clocks: StepClocks) -> Iterator[None]:
+    """Time the block on the Hessian's clock, paused out of the step's, charged to `state`."""
     clocks.step.pause()
     clocks.hessian.start()
-    stats = refresh_hessian(run, step)
-    seconds, compile_s = clocks.hessian.stop()
-    clocks.step.resume()
-    state.charge_refresh(seconds, compile_s, stats.get("flops", 0.0))
-    return stats
+    try:
+        yield
+    finally:
+        seconds, compile_s = clocks.hessian.stop()
+        clocks.step.resume()
+        state.charge_refresh(seconds, compile_s, 0.0)

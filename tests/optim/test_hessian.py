@@ -17,6 +17,7 @@ from optim.hessian import (
     GaussNewtonBartlett,
     Hutchinson,
     SampledLabelCrossEntropy,
+    TwiceDifferentiableCrossEntropy,
     generator_for,
     hutchinson_diagonal,
     sample_labels,
@@ -96,6 +97,24 @@ def test_hutchinson_is_unbiased():
     error = (estimate.double() - matrix.diagonal()).abs()
     assert (error < 5 * variance.sqrt()).all(), (estimate, matrix.diagonal())
     assert (error > 0).any()  # the off-diagonal part really is there: this is a statistical test
+
+
+def test_the_hessian_ready_cross_entropy_has_the_exact_loss_gradient_and_hessian():
+    """Loss, gradient and Hessian-vector product equal F.cross_entropy's in float64, through a
+    layer below the logits (the product reaches the weights through the logits' HVP)."""
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(8, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    features = torch.randn(6, 8, dtype=torch.float64, generator=generator)
+    targets = torch.randint(0, 5, (6,), generator=generator)
+    direction = torch.randn(8, 5, dtype=torch.float64, generator=generator)
+    results = []
+    for loss_of in (F.cross_entropy, TwiceDifferentiableCrossEntropy.apply):
+        loss = loss_of(features @ weight, targets)
+        (grad,) = torch.autograd.grad(loss, weight, create_graph=True)
+        (product,) = torch.autograd.grad(grad, weight, direction)
+        results.append((loss, grad, product))
+    for reference, mine in zip(*results, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-14)
 
 
 def gauss_newton_diagonal(model: SoftmaxClassifier, x: torch.Tensor) -> torch.Tensor:
@@ -241,7 +260,7 @@ def test_hutchinson_feeds_sophiah_as_the_mean_over_micro_batches():
     expected = [torch.zeros_like(p) for p in params]
     for micro_step, (x, y) in enumerate(micro_batches):
         with sdpa_kernel(SDPBackend.MATH):
-            _, loss = model(x, y)
+            _, loss = model(x, y)  # the model's own F.cross_entropy
         generator = generator_for("cpu", 0, 3, micro_step)  # (seed, step, chunk), as refresh draws
         for total, estimate in zip(
             expected, hutchinson_diagonal(loss, params, generator), strict=True

@@ -87,6 +87,19 @@ def test_warmup_is_a_share_of_each_horizon_and_min_lr_a_share_of_each_lr():
     assert "optim.warmup_steps=20" in overrides and "optim.min_lr=0.0003" in overrides
 
 
+def test_an_optimizers_fixed_overrides_reach_its_runs_but_not_their_directories():
+    config = study(
+        horizons=[100],
+        optimizers={"sophiah": {"lr": [1e-3, 3e-3, 1e-2], "fixed": ["optim.hess_source=fresh"]}},
+    )
+    done = drive(config, lambda s: abs(np.log(s.lr / 3e-3)))
+    for spec in done:
+        assert "optim.hess_source=fresh" in spec.overrides(config)
+        assert spec.knobs == () and spec.relative_dir.startswith("sophiah/default/")
+    with pytest.raises(StudyConfigError, match="optimizers.adamw.fixed must list key=value"):
+        study(optimizers={"adamw": {"lr": [1e-3], "fixed": "optim.eps=1e-8"}})
+
+
 def test_a_typo_in_a_study_yaml_names_the_valid_keys(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(

@@ -29,8 +29,9 @@ def test_every_optim_choice_has_a_learning_rate_here():
 
 @pytest.mark.parametrize("optim", list(LEARNING_RATES))
 def test_loss_falls(tmp_path, corpus_dir, optim):
-    """It learns; a second-order rule refreshes once every k steps (Sophia after steps k-1,
-    2k-1, ..., AdaHessian before steps 0, k, ...), each refresh's FLOPs and time counted."""
+    """It learns; a second-order rule refreshes once every k steps (Sophia-G after steps k-1,
+    2k-1, ..., Sophia-H on the training batch of steps k, 2k, ..., AdaHessian on that of steps
+    0, k, ...), each refresh's FLOPs and time counted."""
     extra = [f"optim.hess_interval={HESS_INTERVAL}"] if optim in SECOND_ORDER else []
     run_train(tmp_path / "run", corpus_dir, f"optim={optim}", f"optim.lr={LEARNING_RATES[optim]}",
               "max_steps=30", *extra)  # fmt: skip
@@ -40,7 +41,8 @@ def test_loss_falls(tmp_path, corpus_dir, optim):
     if optim not in SECOND_ORDER:
         assert not refreshes and records[-1]["hess/flops"] == 0
         return
-    expected = 30 // HESS_INTERVAL
+    # Sophia-H takes its estimates before the steps that use them: none after the last step.
+    expected = 30 // HESS_INTERVAL - (optim == "sophiah")
     assert len(refreshes) == expected
     assert all(r["hess/refresh_flops"] > 0 and r["hess/refresh_skipped"] == 0 for r in refreshes)
     flops_per_refresh = refreshes[-1]["hess/refresh_flops"]
@@ -48,16 +50,39 @@ def test_loss_falls(tmp_path, corpus_dir, optim):
     assert 0 < records[-1]["hess/time_s"] < records[-1]["time_s"]
 
 
-@pytest.mark.parametrize("interval", [1, 3])
-def test_adahessian_refreshes_once_per_k_steps_from_step_zero(interval):
-    """Before steps 0, k, 2k, ... and never after: with k = 1 step 0 gets one refresh, not two
-    (an initial one and the after-step one, on the same estimation batch)."""
+def refresh_schedule(optim: str, interval: int, source: str) -> dict[str, list[int]]:
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=64, block_size=16))
-    cfg = OPTIMIZERS["adahessian"](hess_interval=interval)
+    cfg = OPTIMIZERS[optim](hess_interval=interval, hess_source=source)
     opt = cfg.build(model, device=torch.device("cpu"), estimation_tokens=4 * 32)
-    before = [step for step in range(9) if opt.refreshes_hessian_before(step)]
-    after = [step for step in range(9) if opt.refreshes_hessian(step)]
-    assert before == list(range(0, 9, interval)) and after == []
+    return {
+        "before": [step for step in range(9) if opt.refreshes_hessian_before(step)],
+        "after": [step for step in range(9) if opt.refreshes_hessian(step)],
+        "in": [step for step in range(9) if opt.estimates_on_training_batch(step)],
+    }
+
+
+@pytest.mark.parametrize("source", ["train", "fresh"])
+@pytest.mark.parametrize("interval", [1, 3])
+def test_adahessian_refreshes_once_per_k_steps_from_step_zero(interval, source):
+    """Before steps 0, k, 2k, ... and never after: with k = 1 step 0 gets one refresh, not two
+    (an initial one and the after-step one, on the same estimation batch). On the training batch
+    the step's own pass estimates, at the same steps and weights."""
+    schedule = refresh_schedule("adahessian", interval, source)
+    expected = {"before": [], "after": [], "in": []}
+    expected["in" if source == "train" else "before"] = list(range(0, 9, interval))
+    assert schedule == expected
+
+
+@pytest.mark.parametrize("interval", [1, 3])
+def test_sophia_h_estimates_at_the_same_weights_from_either_source(interval):
+    """A fresh refresh after steps k-1, 2k-1, ... and a training-batch one inside steps k, 2k,
+    ... are taken at the same weights, each before the step that first uses it."""
+    fresh, train = (
+        refresh_schedule("sophiah", interval, "fresh"),
+        refresh_schedule("sophiah", interval, "train"),
+    )
+    assert fresh == {"before": [], "after": list(range(interval - 1, 9, interval)), "in": []}
+    assert train == {"before": [], "after": [], "in": list(range(interval, 9, interval))}
 
 
 def test_adahessian_every_step_refreshes_once_per_step_in_a_run(tmp_path, corpus_dir):
@@ -69,10 +94,14 @@ def test_adahessian_every_step_refreshes_once_per_step_in_a_run(tmp_path, corpus
         assert record["hess/flops"] == pytest.approx(record["step"] * record["hess/refresh_flops"])
 
 
-@pytest.mark.parametrize("optim", SECOND_ORDER)
-def test_resume_continues_exactly(tmp_path, corpus_dir, optim):
+@pytest.mark.parametrize(
+    ("optim", "extra"), [*((optim, ()) for optim in SECOND_ORDER),
+                         ("sophiah", ("optim.hess_source=fresh",))],
+)  # fmt: skip
+def test_resume_continues_exactly(tmp_path, corpus_dir, optim, extra):
     common = [f"optim={optim}", f"optim.lr={LEARNING_RATES[optim]}", "optim.decay_steps=10",
               "optim.hess_interval=3", "ckpt_interval=100", "eval_interval=100"]  # fmt: skip
+    common += extra
     run_train(tmp_path / "whole", corpus_dir, "max_steps=10", *common)
     run_train(tmp_path / "split", corpus_dir, "max_steps=6", *common)
     optimizer_state = torch.load(

@@ -4,6 +4,7 @@ update guard (the subprocess tests in test_train.py hold the whole command)."""
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -16,10 +17,15 @@ from training import build
 from training.build import Run, build_run
 from training.distributed import Distributed
 from training.errors import RunError
-from training.hessian_pass import refresh_hessian
+from training.hessian_pass import (
+    EstimationBatch,
+    forward_backward_estimating,
+    refresh_hessian,
+    run_estimate,
+)
 from training.loop import evaluate_and_log
 from training.state import TrainState
-from training.step import StepClocks, check_update_finite, train_step
+from training.step import StepClocks, check_update_finite, forward_backward, train_step
 
 SINGLE_CPU = Distributed(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -91,6 +97,69 @@ def test_the_hessian_pass_fills_h_and_counts_the_refresh(tmp_path, corpus_dir, o
     assert hessians and all(bool(torch.isfinite(h).all()) for h in hessians)
     assert any(bool((h != 0).any()) for h in hessians)
     assert all(p.grad is None for p in run.raw_model.parameters())  # the pass leaves no gradient
+
+
+def training_batch_estimate(run: Run, step: int) -> tuple[list[torch.Tensor], list, dict]:
+    """(p.grad, the committed h, the stats) of optim.hess_source=train at `step`."""
+    loss_sum, stats = forward_backward_estimating(run, step, nullcontext)
+    grads = [p.grad.clone() for p in run.raw_model.parameters()]
+    return grads, [s["hessian"] for s in run.optimizer.optimizer.state.values()], stats
+
+
+def test_the_training_batch_estimate_is_a_fresh_pass_on_the_steps_own_batch(tmp_path, corpus_dir):
+    """hess_source=train reuses the step's gradient graph: its estimate equals the separate
+    Hutchinson pass over the same micro-batches with the same probes, its gradient equals the
+    plain training gradient, and it charges the probes alone (no second gradient)."""
+    overrides = ["optim=sophiah", "optim.betas=[0.9,0.0]", "micro_batch_size=2", "max_steps=10"]
+    run = make_run(tmp_path / "train", corpus_dir, *overrides)  # beta2 = 0: h is the estimate
+    grads, hessians, stats = training_batch_estimate(run, step=3)
+    assert stats["skipped"] == 0 and run.optimizer.hessian_refreshes == 1
+
+    fresh = make_run(tmp_path / "fresh", corpus_dir, *overrides, "optim.hess_source=fresh")
+    shape = fresh.batch
+    batch = EstimationBatch(
+        model=fresh.model, raw_model=fresh.raw_model, num_micro_batches=shape.accumulation,
+        micro_batches=lambda: (fresh.streams.train.micro_batch(3, shape.sequences, shape.micro, i,
+                                                              0, 1) for i in range(2)),
+        autocast=fresh.autocast, world=SINGLE_CPU, seed=fresh.cfg.seed, step=3,
+        tokens=shape.sequences * fresh.cfg.block_size,
+    )  # fmt: skip
+    fresh_stats = run_estimate(fresh.optimizer.estimator, batch, fresh.optimizer.optimizer)
+    fresh_hessians = [s["hessian"] for s in fresh.optimizer.optimizer.state.values()]
+    assert shape.accumulation == 2 and len(hessians) == len(fresh_hessians)
+    for mine, reference in zip(hessians, fresh_hessians, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-7)
+    assert any(bool((h != 0).any()) for h in hessians)
+    assert stats["loss"] == pytest.approx(fresh_stats["loss"], rel=1e-5)
+    # A probe alone: the fresh pass also pays the gradient with its graph (one training step).
+    probe = fresh.optimizer.estimator.probe_step_equivalents
+    assert stats["flops"] == pytest.approx(fresh_stats["flops"] * probe / (1 + probe))
+
+    forward_backward(fresh, 3)
+    for mine, reference in zip(grads, fresh.raw_model.parameters(), strict=True):
+        torch.testing.assert_close(mine, reference.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_a_training_batch_estimate_on_part_of_the_batch_uses_its_first_micro_batches(
+    tmp_path, corpus_dir
+):
+    """optim.hess_batch_size=2 of 4: the first of two micro-batches carries the estimate, the
+    second trains only; the gradient is still the whole batch's."""
+    overrides = ["optim=adahessian", "micro_batch_size=2", "max_steps=10"]
+    run = make_run(tmp_path / "half", corpus_dir, *overrides, "optim.hess_batch_size=2")
+    _, stats = forward_backward_estimating(run, 0, nullcontext)
+    half_flops, grads = stats["flops"], [p.grad.clone() for p in run.raw_model.parameters()]
+    whole = make_run(tmp_path / "whole", corpus_dir, *overrides)
+    _, stats = forward_backward_estimating(whole, 0, nullcontext)
+    assert half_flops == pytest.approx(stats["flops"] / 2)
+    for mine, reference in zip(grads, whole.raw_model.parameters(), strict=True):
+        torch.testing.assert_close(mine, reference.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_a_training_batch_estimate_cannot_exceed_the_batch(tmp_path, corpus_dir):
+    with pytest.raises(RunError, match="optim.hess_batch_size=8 exceeds batch_size=4: with "
+                                       "optim.hess_source=train"):  # fmt: skip
+        make_run(tmp_path, corpus_dir, "optim=sophiah", "optim.hess_batch_size=8")
 
 
 def test_evaluation_is_deterministic_and_logged_at_the_step(tmp_path, corpus_dir):

@@ -29,9 +29,15 @@ def test_metrics_carry_the_contract_fields(tmp_path, corpus_dir):
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_rank_with_accumulation(tmp_path, corpus_dir):
-    run_train(tmp_path / "one", corpus_dir, "max_steps=4", "micro_batch_size=2")
-    run_train(tmp_path / "two", corpus_dir, "max_steps=4", "micro_batch_size=2", nproc=2)
+@pytest.mark.parametrize("optim", ["adamw", "sophiah"])
+def test_two_ranks_equal_one_rank_with_accumulation(tmp_path, corpus_dir, optim):
+    """Sophia-H estimates on the training batch of steps 2 and 4 (k = 2): those steps' backward
+    bypasses DDP (double backward), so their gradient and estimate are averaged by hand."""
+    common = [f"optim={optim}", "max_steps=4", "micro_batch_size=2", "optim.lr=3e-3"]
+    if optim == "sophiah":
+        common.append("optim.hess_interval=2")
+    run_train(tmp_path / "one", corpus_dir, *common)
+    run_train(tmp_path / "two", corpus_dir, *common, nproc=2)
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert one.keys() == two.keys()
     for step in one:
