@@ -1,6 +1,14 @@
-"""Model FLOPs utilisation: achieved training FLOP/s over the device's dense bf16 peak."""
+"""Model FLOPs utilisation: achieved training FLOP/s over the device's dense peak.
+
+On a GPU the peak is the datasheet's bf16 tensor-core figure (nanoGPT's convention, whatever the
+autocast dtype). On a CPU no datasheet applies: bf16 is native on some (AVX512-BF16, AMX) and
+emulated ~20x slower on others, and the threads vary, so the peak is measured once per process
+as a square matmul in the run's dtype on the run's threads.
+"""
 
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -20,14 +28,40 @@ GPU_BF16_PEAK_FLOPS = (
     ("4090", 165e12),
     ("3090", 71e12),
 )
-# Measured on this project's 2-core CI machines: a 2048^2 bf16 matmul (docs/results/performance.md).
-CPU_BF16_PEAK_FLOPS = 910e9
+# The CPU peak's matmul: large enough to reach the cores' throughput, small enough to take well
+# under a second even where bf16 is emulated.
+CPU_PEAK_MATMUL_SIZE = 1024
+_measured_cpu_peaks: dict[tuple[torch.dtype, int], float] = {}
 
 
-def peak_flops(device: torch.device) -> float | None:
-    """Peak bf16 FLOP/s of one device, or None when the GPU is not in the table."""
+def measured_matmul_flops(
+    device: torch.device, dtype: torch.dtype, size: int = CPU_PEAK_MATMUL_SIZE, repeats: int = 3
+) -> float:
+    """FLOP/s of a size x size matmul in `dtype` on `device`: the best of `repeats` timings
+    after one untimed call."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator, device=device).to(dtype) for _ in "ab")
+    best = float("inf")
+    for attempt in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if attempt:
+            best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> float | None:
+    """Dense peak FLOP/s of one device: the measured `dtype` matmul on a CPU (once per process
+    and thread count), the bf16 datasheet figure on a known GPU, else None."""
     if device.type == "cpu":
-        return CPU_BF16_PEAK_FLOPS
+        key = (dtype, torch.get_num_threads())
+        if key not in _measured_cpu_peaks:
+            _measured_cpu_peaks[key] = measured_matmul_flops(device, dtype)
+        return _measured_cpu_peaks[key]
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, flops in GPU_BF16_PEAK_FLOPS:
@@ -41,3 +75,15 @@ def mfu(flops_per_token: float, tokens_per_second: float, n_devices: int, peak: 
     if peak is None:
         return None
     return flops_per_token * tokens_per_second / (n_devices * peak)
+
+
+def peak_source(device: torch.device) -> str:
+    """Where `peak_flops(device, ...)` comes from, for reports."""
+    if device.type == "cpu":
+        size = CPU_PEAK_MATMUL_SIZE
+        return f"measured: {size}x{size} matmul on {torch.get_num_threads()} threads"
+    return "datasheet: dense bf16"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

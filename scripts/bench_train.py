@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from configs.schema import TrainConfig, register_configs  # noqa: E402
 from data.batches import TokenWindows, load_split  # noqa: E402
 from model.gpt import GPT  # noqa: E402
-from model.mfu import mfu, peak_flops  # noqa: E402
+from model.mfu import dtype_name, mfu, peak_flops, peak_source  # noqa: E402
 from training.build import autocast_context, resolve_dtype  # noqa: E402
 from training.distributed import pick_device  # noqa: E402
 
@@ -142,7 +142,8 @@ def main() -> None:
     tokens_per_step = cfg.batch_size * cfg.block_size
     print(
         f"{cfg.model.name}: {model.num_params() / 1e6:.1f}M params, optim={cfg.optim.name}, "
-        f"batch {cfg.batch_size} x {cfg.block_size}, {cfg.dtype.value}, compile={cfg.compile}, "
+        f"batch {cfg.batch_size} x {cfg.block_size}, dtype={cfg.dtype.value} "
+        f"({dtype_name(resolve_dtype(cfg.dtype.value, device))}), compile={cfg.compile}, "
         f"{device}, torch threads {torch.get_num_threads()}"
     )
     del model
@@ -153,7 +154,10 @@ def main() -> None:
     for part, seconds in split.items():
         print(f"  {part:<17} {1000 * seconds:8.1f} ms  {100 * seconds / total:5.1f}%")
 
-    peak = peak_flops(device)
+    dtype = resolve_dtype(cfg.dtype.value, device)
+    peak = peak_flops(device, dtype)
+    print(f"MFU against the {dtype_name(dtype)} dense peak of {device.type}: {peak / 1e9:,.0f} "
+          f"GFLOP/s ({peak_source(device)})")  # fmt: skip
     plain = plain_loop_tokens_per_s(cfg, args.steps, args.warmup)
     ours = train_py_tokens_per_s(args.overrides, args.steps, args.warmup)
     for name, tps in (("plain nanoGPT-style loop", plain), ("train.py", ours)):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from model import mfu
 from model.gpt import GPT, GPTConfig
 
 
@@ -118,3 +119,14 @@ def test_inverse_layer_idx_scaling_only_changes_deeper_layers(n_layer: int, chan
     with torch.no_grad():
         same = torch.allclose(plain.forward_logits(idx), scaled.forward_logits(idx), atol=1e-6)
     assert same != changes
+
+
+def test_the_cpu_peak_is_measured_in_the_runs_dtype_once_per_process():
+    """No datasheet applies to a CPU (bf16 native on some, emulated on others): MFU divides by a
+    matmul measured in the run's dtype, once per dtype and thread count."""
+    cpu = torch.device("cpu")
+    peak = mfu.peak_flops(cpu, torch.float32)
+    assert peak > 1e8 and mfu.peak_flops(cpu, torch.float32) == peak  # cached
+    assert (torch.float32, torch.get_num_threads()) in mfu._measured_cpu_peaks
+    assert "measured" in mfu.peak_source(cpu)
+    assert mfu.mfu(1e6, 10.0, 1, peak) == pytest.approx(1e7 / peak)
