@@ -28,30 +28,40 @@ GPU_BF16_PEAK_FLOPS = (
     ("4090", 165e12),
     ("3090", 71e12),
 )
-# The CPU peak's matmul: large enough to reach the cores' throughput, small enough to take well
-# under a second even where bf16 is emulated.
+# The CPU peak's matmul: grown from 128 up to this size while one product takes under
+# CPU_PEAK_STEP_S, so it reaches the cores' throughput in float32 (1024: ~13 ms on 2 cores) yet
+# stays under a second where bf16 is emulated (~1 GFLOP/s on an AVX2 EPYC: 256, ~35 ms).
 CPU_PEAK_MATMUL_SIZE = 1024
-_measured_cpu_peaks: dict[tuple[torch.dtype, int], float] = {}
+CPU_PEAK_STEP_S = 0.02
+# (dtype, threads) -> (FLOP/s, matmul size), measured once per process
+_measured_cpu_peaks: dict[tuple[torch.dtype, int], tuple[float, int]] = {}
+
+
+def _time_matmul(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.is_cuda:
+        torch.cuda.synchronize(a.device)
+    start = time.perf_counter()
+    torch.mm(a, b)
+    if a.is_cuda:
+        torch.cuda.synchronize(a.device)
+    return time.perf_counter() - start
 
 
 def measured_matmul_flops(
-    device: torch.device, dtype: torch.dtype, size: int = CPU_PEAK_MATMUL_SIZE, repeats: int = 3
-) -> float:
-    """FLOP/s of a size x size matmul in `dtype` on `device`: the best of `repeats` timings
-    after one untimed call."""
+    device: torch.device, dtype: torch.dtype, max_size: int = CPU_PEAK_MATMUL_SIZE, repeats: int = 5
+) -> tuple[float, int]:
+    """(FLOP/s, size) of a square matmul in `dtype` on `device`: the size grows by doubling up to
+    `max_size` while one product takes under CPU_PEAK_STEP_S, then the best of `repeats`."""
     generator = torch.Generator(device=device).manual_seed(0)
-    a, b = (torch.randn(size, size, generator=generator, device=device).to(dtype) for _ in "ab")
-    best = float("inf")
-    for attempt in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if attempt:
-            best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+    size = 128
+    while True:
+        a, b = (torch.randn(size, size, generator=generator, device=device).to(dtype) for _ in "ab")
+        if size >= max_size or _time_matmul(a, b) > CPU_PEAK_STEP_S:
+            break
+        size *= 2
+    _time_matmul(a, b)  # untimed: caches and thread pools warm
+    best = min(_time_matmul(a, b) for _ in range(repeats))
+    return 2 * size**3 / best, size
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> float | None:
@@ -61,7 +71,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> flo
         key = (dtype, torch.get_num_threads())
         if key not in _measured_cpu_peaks:
             _measured_cpu_peaks[key] = measured_matmul_flops(device, dtype)
-        return _measured_cpu_peaks[key]
+        return _measured_cpu_peaks[key][0]
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, flops in GPU_BF16_PEAK_FLOPS:
@@ -77,11 +87,13 @@ def mfu(flops_per_token: float, tokens_per_second: float, n_devices: int, peak: 
     return flops_per_token * tokens_per_second / (n_devices * peak)
 
 
-def peak_source(device: torch.device) -> str:
-    """Where `peak_flops(device, ...)` comes from, for reports."""
+def peak_source(device: torch.device, dtype: torch.dtype) -> str:
+    """Where `peak_flops(device, dtype)` comes from, for reports."""
     if device.type == "cpu":
-        size = CPU_PEAK_MATMUL_SIZE
-        return f"measured: {size}x{size} matmul on {torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        flops_and_size = _measured_cpu_peaks.get((dtype, threads))
+        size = flops_and_size[1] if flops_and_size else CPU_PEAK_MATMUL_SIZE
+        return f"measured: a {size}x{size} {dtype_name(dtype)} matmul on {threads} threads"
     return "datasheet: dense bf16"
 
 

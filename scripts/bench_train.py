@@ -157,7 +157,7 @@ def main() -> None:
     dtype = resolve_dtype(cfg.dtype.value, device)
     peak = peak_flops(device, dtype)
     print(f"MFU against the {dtype_name(dtype)} dense peak of {device.type}: {peak / 1e9:,.0f} "
-          f"GFLOP/s ({peak_source(device)})")  # fmt: skip
+          f"GFLOP/s ({peak_source(device, dtype)})")  # fmt: skip
     plain = plain_loop_tokens_per_s(cfg, args.steps, args.warmup)
     ours = train_py_tokens_per_s(args.overrides, args.steps, args.warmup)
     for name, tps in (("plain nanoGPT-style loop", plain), ("train.py", ours)):

@@ -128,5 +128,5 @@ def test_the_cpu_peak_is_measured_in_the_runs_dtype_once_per_process():
     peak = mfu.peak_flops(cpu, torch.float32)
     assert peak > 1e8 and mfu.peak_flops(cpu, torch.float32) == peak  # cached
     assert (torch.float32, torch.get_num_threads()) in mfu._measured_cpu_peaks
-    assert "measured" in mfu.peak_source(cpu)
+    assert "measured: a 1024x1024 float32 matmul" in mfu.peak_source(cpu, torch.float32)
     assert mfu.mfu(1e6, 10.0, 1, peak) == pytest.approx(1e7 / peak)
