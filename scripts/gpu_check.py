@@ -239,7 +239,9 @@ def check_optimizer(name: str, plan: Plan) -> dict:
 
     step_s, refresh_s, losses = [], [], []
     for step in range(plan.optim_steps):
-        if opt.refreshes_hessian_before(step):
+        # An estimate on the training batch (optim.hess_source=train) is timed here as the
+        # separate pass over that batch: its cost plus the gradient the step would share.
+        if opt.refreshes_hessian_before(step) or opt.estimates_on_training_batch(step):
             refresh_s.append(refresh(step))
         x, y = batch(step)
         with autocast():

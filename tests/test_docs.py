@@ -175,7 +175,13 @@ def check_script(words: list[str], comment: str) -> None:
             study = study_dir.parts[2]
             assert (REPO / "configs" / "study" / f"{study}.yaml").is_file(), f"no study {study!r}"
     elif "overrides" in source and positional:  # bench scripts take train.py overrides
-        check_train_overrides([a for a in positional if "=" in a], False, comment)
+        # bench_memory's --optims may carry an optimizer's own overrides: name:key=value
+        with_own = [a for a in positional if ":" in a.split("=")[0]]
+        overrides = [a for a in positional if "=" in a and a not in with_own]
+        check_train_overrides(overrides, False, comment)
+        for choice in with_own:
+            optim, *own = choice.split(":")
+            check_train_overrides([*overrides, f"optim={optim}", *own], False, comment)
 
 
 def check_command(command: str, comment: str) -> None:
