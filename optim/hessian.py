@@ -207,45 +207,56 @@ class GaussNewtonBartlett:
 
 
 class _CrossEntropyGradient(torch.autograd.Function):
-    """The mean cross-entropy's gradient in logit space, (softmax(z) − onehot(y)) · g / N, from
-    the probabilities the loss saved. Differentiable once more: its backward is the loss's
-    Hessian-vector product in logit space, row by row H v = (p ⊙ v − p (p · v)) · g / N."""
+    """The mean cross-entropy's gradient in logit space, (p − onehot(y)) · g / N, as a function
+    of p = softmax(z), the loss's own saved output: linear in p, so its backward is v · g / N,
+    which the loss's backward then carries through the softmax."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, probs: Tensor, targets: Tensor, grad_loss: Tensor) -> Tensor:
-        ctx.save_for_backward(probs, grad_loss)
+    def forward(ctx, probs: Tensor, targets: Tensor, grad_loss: Tensor) -> Tensor:
+        ctx.save_for_backward(grad_loss)
         grad = probs.clone()
         grad.scatter_add_(1, targets.unsqueeze(1), grad.new_full((grad.size(0), 1), -1.0))
         return grad.mul_(grad_loss / grad.size(0))
 
     @staticmethod
-    def backward(ctx, v: Tensor) -> tuple[Tensor, None, None, None]:
-        probs, grad_loss = ctx.saved_tensors
-        pv = probs * v
-        hv = pv.sub_(probs * pv.sum(-1, keepdim=True))
-        return hv.mul_(grad_loss / probs.size(0)), None, None, None
+    def backward(ctx, v: Tensor) -> tuple[Tensor, None, None]:
+        (grad_loss,) = ctx.saved_tensors
+        return v * (grad_loss / v.size(0)), None, None
 
 
 class TwiceDifferentiableCrossEntropy(torch.autograd.Function):
-    """Mean token cross-entropy of (N, C) logits against targets, whose gradient is a
-    `_CrossEntropyGradient`. autograd's double backward of log_softmax + nll makes about ten
-    passes over the vocabulary-sized logits (exp twice, several products); this makes four, so on
-    gpt2-tiny a Hessian-vector product fell from 2.8-3.3 to 1.4-1.7 training steps of time
-    (one thread), and the gradient with its graph from 1.9 to 1.3 s. Equal to F.cross_entropy
-    and its derivatives to float rounding (tests/optim/test_hessian.py)."""
+    """(mean token cross-entropy of (N, C) logits against targets, p = softmax(logits)).
+
+    The gradient is a `_CrossEntropyGradient` of p, which this function returns and saves as an
+    output (no copy, and the logits are not kept): differentiating the gradient once more runs
+    this backward for p, the softmax's Jacobian p ⊙ (u − p·u), so the Hessian-vector product in
+    logit space, H v = p ⊙ (v − p·v) · g / N, takes four passes over the vocabulary-sized
+    logits. autograd's double backward of log_softmax + nll took about ten (the exponential
+    twice, several products): on gpt2-tiny a Hessian-vector product fell from 2.8-3.3 to 1.4-1.7
+    training steps of time (one thread). Equal to F.cross_entropy and its derivatives to float
+    rounding (tests/optim/test_hessian.py)."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(ctx, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
         log_probs = torch.log_softmax(logits, dim=-1)
         loss = -log_probs.gather(1, targets.unsqueeze(1)).mean()
-        ctx.save_for_backward(logits, log_probs.exp_(), targets)
-        return loss
+        probs = log_probs.exp_()
+        ctx.save_for_backward(probs, targets)
+        return loss, probs
 
     @staticmethod
-    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor, None]:
-        logits, probs, targets = ctx.saved_tensors
-        # An autograd.Function called inside backward: under create_graph it joins the graph.
-        return _CrossEntropyGradient.apply(logits, probs, targets, grad_loss), None
+    def backward(ctx, grad_loss: Tensor | None, grad_probs: Tensor | None):
+        probs, targets = ctx.saved_tensors
+        grad = None
+        if grad_loss is not None:
+            # An autograd.Function of the saved output p: under create_graph it joins the graph.
+            grad = _CrossEntropyGradient.apply(probs, targets, grad_loss)
+        if grad_probs is not None:  # the softmax's Jacobian-vector product
+            weighted = probs * grad_probs
+            through = weighted.sub_(probs * weighted.sum(-1, keepdim=True))
+            grad = through if grad is None else grad + through
+        return grad, None
 
 
 def hessian_ready_loss(model: nn.Module, x: Tensor, y: Tensor, autocast: Autocast) -> Tensor:
@@ -254,7 +265,8 @@ def hessian_ready_loss(model: nn.Module, x: Tensor, y: Tensor, autocast: Autocas
     with autocast():
         logits, _ = model(x)
     flat = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return TwiceDifferentiableCrossEntropy.apply(flat.reshape(-1, flat.size(-1)), y.reshape(-1))
+    flat = flat.reshape(-1, flat.size(-1))
+    return TwiceDifferentiableCrossEntropy.apply(flat, y.reshape(-1))[0]
 
 
 def rademacher_like(param: Tensor, generator: torch.Generator) -> Tensor:

@@ -146,14 +146,11 @@ def forward_backward_estimating(
     `hessian_time` times the probes and the commit (the step's clock pauses meanwhile). Returns
     (this rank's sum of micro-batch losses, the estimate's statistics)."""
     world, shape, plan = run.world, run.batch, run.optimizer
-    estimator, optimizer = plan.estimator, plan.optimizer
-    params = optimizer_params(optimizer)
+    params = optimizer_params(plan.optimizer)
     flat, views = _flat_buffer(params)
     estimating = run.hess_batch.accumulation  # the first micro-batches: whole micro-batches
-    # The gradient is of scale x loss / accumulation, and so is its Hessian (fp16 loss scaling).
-    scale = float(run.scaler.get_scale()) if run.scaler.is_enabled() else 1.0
-    loss_sum = torch.zeros(1, device=run.device)
-    estimate_loss, seq_len, seconds = torch.zeros(1, device=run.device), 0, 0.0
+    loss_sum, estimate_loss = torch.zeros(1, device=run.device), torch.zeros(1, device=run.device)
+    seconds, seq_len = 0.0, 0
     for micro_step in range(shape.accumulation):
         x, y = run.streams.train.micro_batch(
             step, shape.sequences, shape.micro, micro_step, world.rank, world.world_size
@@ -165,22 +162,11 @@ def forward_backward_estimating(
                 _, loss = run.model(x, y)
             run.scaler.scale(loss / shape.accumulation).backward()
         else:
-            with sdpa_kernel(SDPBackend.MATH):
-                loss = hessian_ready_loss(run.raw_model, x, y, run.autocast)
-                scaled = run.scaler.scale(loss / shape.accumulation)
-                grads = torch.autograd.grad(scaled, params, create_graph=True)
-                with hessian_time():
-                    start = time.perf_counter()
-                    generator = draw_generator(
-                        run.cfg.seed, step, micro_step, world.rank, world.world_size, x.device
-                    )
-                    estimates = estimator.estimate_from_gradient(grads, params, generator)
-                    for view, micro_estimate in zip(views, estimates, strict=True):
-                        view.add_(micro_estimate, alpha=shape.accumulation / (scale * estimating))
-                    seconds += time.perf_counter() - start
-            for p, grad in zip(params, grads, strict=True):
-                p.grad = grad.detach() if p.grad is None else p.grad.add_(grad.detach())
-            del grads, estimates
+            generator = draw_generator(
+                run.cfg.seed, step, micro_step, world.rank, world.world_size, x.device
+            )
+            loss, spent = _estimating_micro_batch(run, x, y, generator, params, views, hessian_time)
+            seconds += spent
             estimate_loss += loss.detach() / estimating
             seq_len = x.size(1)
         loss_sum += loss.detach()
@@ -188,17 +174,45 @@ def forward_backward_estimating(
     with hessian_time():
         start = time.perf_counter()
         world.all_reduce_mean(flat)
-        stats = estimator.commit(optimizer, flat, views)
+        stats = plan.estimator.commit(plan.optimizer, flat, views)
         seconds += time.perf_counter() - start
     plan.hessian_refreshes += not stats["skipped"]
-    tokens = run.hess_batch.sequences * seq_len
-    step_flops = run.raw_model.flops_per_token(seq_len) * tokens
+    step_flops = run.raw_model.flops_per_token(seq_len) * run.hess_batch.sequences * seq_len
     return loss_sum, {
         **stats,
-        "flops": float(step_flops * estimator.probe_step_equivalents),
+        "flops": float(step_flops * plan.estimator.probe_step_equivalents),
         "seconds": seconds,
         "loss": world.all_reduce_mean(estimate_loss).item(),
     }
+
+
+def _estimating_micro_batch(
+    run: Run,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator,
+    params: list[torch.Tensor],
+    views: list[torch.Tensor],
+    hessian_time: Callable[[], AbstractContextManager],
+) -> tuple[torch.Tensor, float]:
+    """One micro-batch's training gradient into p.grad and its estimate, weighted to the
+    estimation batch's mean, into `views`. Returns (its loss, seconds on the Hessian's clock)."""
+    shape, estimating = run.batch, run.hess_batch.accumulation
+    # The gradient is of scale x loss / accumulation, and so is its Hessian (fp16 loss scaling).
+    scale = float(run.scaler.get_scale()) if run.scaler.is_enabled() else 1.0
+    with sdpa_kernel(SDPBackend.MATH):
+        loss = hessian_ready_loss(run.raw_model, x, y, run.autocast)
+        scaled = run.scaler.scale(loss / shape.accumulation)
+        grads = torch.autograd.grad(scaled, params, create_graph=True)
+        with hessian_time():
+            start = time.perf_counter()
+            estimates = run.optimizer.estimator.estimate_from_gradient(grads, params, generator)
+            for view, estimate in zip(views, estimates, strict=True):
+                view.add_(estimate, alpha=shape.accumulation / (scale * estimating))
+            seconds = time.perf_counter() - start
+    for p, grad in zip(params, grads, strict=True):
+        p.grad = grad.detach() if p.grad is None else p.grad.add_(grad.detach())
+    return loss, seconds
 
 
 def _average_gradients(params: list[torch.Tensor], world: Distributed) -> None:

@@ -156,6 +156,22 @@ def test_a_training_batch_estimate_on_part_of_the_batch_uses_its_first_micro_bat
         torch.testing.assert_close(mine, reference.grad, rtol=1e-4, atol=1e-7)
 
 
+def test_a_non_finite_training_batch_estimate_leaves_the_hessian_untouched(tmp_path, corpus_dir):
+    """A NaN in the step's gradient makes its estimate non-finite: skipped and not counted, on
+    every rank alike (the estimate is reduced before the check), and the step skips too."""
+    run = make_run(tmp_path, corpus_dir, "optim=adahessian", "max_steps=10")
+    state = TrainState()
+    train_step(run, state, StepClocks())  # step 0 commits its first estimate
+    assert run.optimizer.hessian_refreshes == 1
+    hessians = [t.clone() for t in run.optimizer.state_tensors()]
+    next(run.raw_model.parameters()).register_hook(lambda grad: grad * float("nan"))
+    result = train_step(run, state, StepClocks())
+    assert result.hess_stats["skipped"] == 1 and not result.finite
+    assert run.optimizer.hessian_refreshes == 1
+    after = run.optimizer.state_tensors()
+    assert all(torch.equal(a, b) for a, b in zip(hessians, after, strict=True))
+
+
 def test_a_training_batch_estimate_cannot_exceed_the_batch(tmp_path, corpus_dir):
     with pytest.raises(RunError, match="optim.hess_batch_size=8 exceeds batch_size=4: with "
                                        "optim.hess_source=train"):  # fmt: skip

@@ -26,8 +26,9 @@ SETTINGS = {
     "adamw": ["optim.lr=3e-3"],
     "lion": ["optim.lr=3e-3"],
     "sophia": ["optim.lr=3e-3", "optim.hess_interval=3"],
-    "sophiah": ["optim.lr=3e-3", "optim.hess_interval=3"],
-    "adahessian": ["optim.lr=0.15", "optim.hess_interval=3"],
+    # Recorded when a separate batch was the only source (optim.hess_source=fresh).
+    "sophiah": ["optim.lr=3e-3", "optim.hess_interval=3", "optim.hess_source=fresh"],
+    "adahessian": ["optim.lr=0.15", "optim.hess_interval=3", "optim.hess_source=fresh"],
     "muon": ["optim.lr=3e-3"],
 }
 STEPS = 12
