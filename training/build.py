@@ -112,6 +112,17 @@ class Run:
     def flops_per_token(self) -> float:
         return self.raw_model.flops_per_token(self.cfg.block_size)
 
+    def micro_batch(
+        self, stream: TokenWindows, shape: BatchShape, step: int, micro_step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's micro-batch `micro_step` of `stream`'s global batch at `step`, on the
+        run's device (data/batches.py's layout over ranks and micro-batches)."""
+        world = self.world
+        x, y = stream.micro_batch(
+            step, shape.sequences, shape.micro, micro_step, world.rank, world.world_size
+        )
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
     @property
     def decay_steps(self) -> int:
         return self.cfg.optim.decay_steps or self.cfg.max_steps

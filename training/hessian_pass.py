@@ -46,10 +46,7 @@ def refresh_hessian(run: Run, step: int) -> dict[str, float]:
 
     def micro_batches():
         for micro_step in range(shape.accumulation):
-            x, y = run.streams.hessian.micro_batch(
-                step, shape.sequences, shape.micro, micro_step, world.rank, world.world_size
-            )
-            yield x.to(run.device), y.to(run.device)
+            yield run.micro_batch(run.streams.hessian, shape, step, micro_step)
 
     batch = EstimationBatch(
         model=run.model, raw_model=run.raw_model, micro_batches=micro_batches,
@@ -152,10 +149,7 @@ def forward_backward_estimating(
     loss_sum, estimate_loss = torch.zeros(1, device=run.device), torch.zeros(1, device=run.device)
     seconds, seq_len = 0.0, 0
     for micro_step in range(shape.accumulation):
-        x, y = run.streams.train.micro_batch(
-            step, shape.sequences, shape.micro, micro_step, world.rank, world.world_size
-        )
-        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        x, y = run.micro_batch(run.streams.train, shape, step, micro_step)
         if micro_step >= estimating:
             no_sync = run.model.no_sync() if world.enabled else nullcontext()
             with no_sync, run.autocast():
@@ -219,9 +213,8 @@ def _average_gradients(params: list[torch.Tensor], world: Distributed) -> None:
     """p.grad averaged over ranks in one all-reduce, for a step whose backward bypassed DDP."""
     if not world.enabled:
         return
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    grads = [p.grad for p in params]
+    flat, views = _flat_buffer(params)
+    torch._foreach_copy_(views, grads)
     world.all_reduce_mean(flat)
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
-        offset += p.numel()
+    torch._foreach_copy_(grads, views)

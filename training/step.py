@@ -103,10 +103,7 @@ def forward_backward(run: Run, step: int) -> torch.Tensor:
     world, shape = run.world, run.batch
     loss_sum = torch.zeros(1, device=run.device)
     for micro_step in range(shape.accumulation):
-        x, y = run.streams.train.micro_batch(
-            step, shape.sequences, shape.micro, micro_step, world.rank, world.world_size
-        )
-        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        x, y = run.micro_batch(run.streams.train, shape, step, micro_step)
         sync = micro_step == shape.accumulation - 1 or not world.enabled
         with nullcontext() if sync else run.model.no_sync(), run.autocast():
             _, loss = run.model(x, y)

@@ -119,8 +119,8 @@ def test_the_training_batch_estimate_is_a_fresh_pass_on_the_steps_own_batch(tmp_
     shape = fresh.batch
     batch = EstimationBatch(
         model=fresh.model, raw_model=fresh.raw_model, num_micro_batches=shape.accumulation,
-        micro_batches=lambda: (fresh.streams.train.micro_batch(3, shape.sequences, shape.micro, i,
-                                                              0, 1) for i in range(2)),
+        micro_batches=lambda: (fresh.micro_batch(fresh.streams.train, shape, 3, i)
+                               for i in range(2)),
         autocast=fresh.autocast, world=SINGLE_CPU, seed=fresh.cfg.seed, step=3,
         tokens=shape.sequences * fresh.cfg.block_size,
     )  # fmt: skip
