@@ -38,24 +38,20 @@ _measured_cpu_peaks: dict[tuple[torch.dtype, int], tuple[float, int]] = {}
 
 
 def _time_matmul(a: torch.Tensor, b: torch.Tensor) -> float:
-    if a.is_cuda:
-        torch.cuda.synchronize(a.device)
     start = time.perf_counter()
     torch.mm(a, b)
-    if a.is_cuda:
-        torch.cuda.synchronize(a.device)
     return time.perf_counter() - start
 
 
-def measured_matmul_flops(
-    device: torch.device, dtype: torch.dtype, max_size: int = CPU_PEAK_MATMUL_SIZE, repeats: int = 5
+def measured_cpu_matmul_flops(
+    dtype: torch.dtype, max_size: int = CPU_PEAK_MATMUL_SIZE, repeats: int = 5
 ) -> tuple[float, int]:
-    """(FLOP/s, size) of a square matmul in `dtype` on `device`: the size grows by doubling up to
+    """(FLOP/s, size) of a square CPU matmul in `dtype`: the size grows by doubling up to
     `max_size` while one product takes under CPU_PEAK_STEP_S, then the best of `repeats`."""
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     size = 128
     while True:
-        a, b = (torch.randn(size, size, generator=generator, device=device).to(dtype) for _ in "ab")
+        a, b = (torch.randn(size, size, generator=generator).to(dtype) for _ in "ab")
         if size >= max_size or _time_matmul(a, b) > CPU_PEAK_STEP_S:
             break
         size *= 2
@@ -70,7 +66,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> flo
     if device.type == "cpu":
         key = (dtype, torch.get_num_threads())
         if key not in _measured_cpu_peaks:
-            _measured_cpu_peaks[key] = measured_matmul_flops(device, dtype)
+            _measured_cpu_peaks[key] = measured_cpu_matmul_flops(dtype)
         return _measured_cpu_peaks[key][0]
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)

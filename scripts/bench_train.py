@@ -137,13 +137,14 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.overrides)
     device = pick_device(cfg.device, 0)
+    dtype = resolve_dtype(cfg.dtype.value, device)
     model = GPT(cfg.model)
     flops_per_token = model.flops_per_token(cfg.block_size)
     tokens_per_step = cfg.batch_size * cfg.block_size
     print(
         f"{cfg.model.name}: {model.num_params() / 1e6:.1f}M params, optim={cfg.optim.name}, "
         f"batch {cfg.batch_size} x {cfg.block_size}, dtype={cfg.dtype.value} "
-        f"({dtype_name(resolve_dtype(cfg.dtype.value, device))}), compile={cfg.compile}, "
+        f"({dtype_name(dtype)}), compile={cfg.compile}, "
         f"{device}, torch threads {torch.get_num_threads()}"
     )
     del model
@@ -154,7 +155,6 @@ def main() -> None:
     for part, seconds in split.items():
         print(f"  {part:<17} {1000 * seconds:8.1f} ms  {100 * seconds / total:5.1f}%")
 
-    dtype = resolve_dtype(cfg.dtype.value, device)
     peak = peak_flops(device, dtype)
     print(f"MFU against the {dtype_name(dtype)} dense peak of {device.type}: {peak / 1e9:,.0f} "
           f"GFLOP/s ({peak_source(device, dtype)})")  # fmt: skip
